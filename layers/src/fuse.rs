@@ -1,0 +1,386 @@
+//! Serves a [`Stack`] as one read-only FUSE file system. Layers never change, so the kernel
+//! may cache entries, attributes, directory listings and pages for as long as it likes.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
+};
+
+use crate::error::LayerError;
+use crate::format::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+use crate::stack::{Entry, NodeId, ROOT, Stack};
+
+/// How long the kernel may trust what we told it: the layers are immutable.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The FUSE file system over a stack of layers.
+pub struct StackFs {
+    stack: Arc<Stack>,
+    /// Open directory handles: a merged listing taken at `opendir`.
+    dirs: Mutex<HashMap<u64, Arc<Vec<(Vec<u8>, Entry)>>>>,
+    next_handle: AtomicU64,
+}
+
+impl StackFs {
+    pub fn new(stack: Arc<Stack>) -> Self {
+        StackFs {
+            stack,
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+
+    fn entry(&self, ino: INodeNo) -> Result<Entry, Errno> {
+        self.stack.entry(ino.0).map_err(to_errno)
+    }
+
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<(Vec<u8>, Entry)>>> {
+        self.dirs.lock().ok()?.get(&fh.0).cloned()
+    }
+}
+
+fn to_errno(e: LayerError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & S_IFMT {
+        S_IFDIR => FileType::Directory,
+        S_IFLNK => FileType::Symlink,
+        S_IFCHR => FileType::CharDevice,
+        S_IFBLK => FileType::BlockDevice,
+        S_IFIFO => FileType::NamedPipe,
+        S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// `stat` attributes of a merged-tree object.
+pub fn attr(entry: &Entry) -> FileAttr {
+    let i = &entry.inode;
+    let mtime = if i.mtime_sec >= 0 {
+        UNIX_EPOCH + Duration::new(i.mtime_sec as u64, i.mtime_nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(i.mtime_sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(i.mtime_nsec))
+    };
+    let size = match i.mode & S_IFMT {
+        S_IFREG | S_IFLNK => i.size,
+        S_IFDIR => 4096,
+        _ => 0,
+    };
+    let rdev = match i.mode & S_IFMT {
+        S_IFCHR | S_IFBLK => i.a as u32,
+        _ => 0,
+    };
+    FileAttr {
+        ino: INodeNo(entry.id),
+        size,
+        blocks: size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind: kind(i.mode),
+        perm: (i.mode & 0o7777) as u16,
+        nlink: i.nlink.max(1),
+        uid: i.uid,
+        gid: i.gid,
+        rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for StackFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each capability is optional: an older kernel simply keeps its defaults.
+        for flag in [
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.stack.lookup(parent.0, name.as_bytes()) {
+            Ok(Some(entry)) => reply.entry(&TTL, &attr(&entry), Generation(0)),
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.entry(ino) {
+            Ok(entry) => reply.attr(&TTL, &attr(&entry)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .entry(ino)
+            .and_then(|e| self.stack.read_link(&e).map_err(to_errno))
+        {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.entry(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let entry = match self.entry(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let want = (size as u64).min(entry.inode.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        match self.stack.read(&entry, offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.stack.read_dir(ino.0) {
+            Ok(listing) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut dirs) = self.dirs.lock() {
+                    dirs.insert(fh, Arc::new(listing));
+                }
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                );
+            }
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let dots = [(b".".as_slice(), ino.0, FileType::Directory); 2];
+        let mut index = offset as usize;
+        while index < listing.len() + 2 {
+            let full = if index < 2 {
+                let (name, id, kind) = dots[index];
+                let name = if index == 0 { name } else { b".." };
+                reply.add(INodeNo(id), index as u64 + 1, kind, OsStr::from_bytes(name))
+            } else {
+                let (name, entry) = &listing[index - 2];
+                reply.add(
+                    INodeNo(entry.id),
+                    index as u64 + 1,
+                    kind(entry.inode.mode),
+                    OsStr::from_bytes(name),
+                )
+            };
+            if full {
+                break;
+            }
+            index += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(listing) = self.listing(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let this = match self.entry(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let mut index = offset as usize;
+        while index < listing.len() + 2 {
+            let full = if index < 2 {
+                let name: &[u8] = if index == 0 { b"." } else { b".." };
+                reply.add(
+                    INodeNo(this.id),
+                    index as u64 + 1,
+                    OsStr::from_bytes(name),
+                    &TTL,
+                    &attr(&this),
+                    Generation(0),
+                )
+            } else {
+                let (name, entry) = &listing[index - 2];
+                reply.add(
+                    INodeNo(entry.id),
+                    index as u64 + 1,
+                    OsStr::from_bytes(name),
+                    &TTL,
+                    &attr(entry),
+                    Generation(0),
+                )
+            };
+            if full {
+                break;
+            }
+            index += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.stack.stored_bytes().div_ceil(4096);
+        let files = self.stack.inode_total();
+        reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let xattrs = match self
+            .entry(ino)
+            .and_then(|e| self.stack.xattrs(&e).map_err(to_errno))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        match xattrs.iter().find(|(n, _)| n.as_slice() == name.as_bytes()) {
+            None => reply.error(Errno::NO_XATTR),
+            Some((_, value)) if size == 0 => reply.size(value.len() as u32),
+            Some((_, value)) if value.len() > size as usize => reply.error(Errno::ERANGE),
+            Some((_, value)) => reply.data(value),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let xattrs = match self
+            .entry(ino)
+            .and_then(|e| self.stack.xattrs(&e).map_err(to_errno))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let mut names = Vec::new();
+        for (name, _) in &xattrs {
+            names.extend_from_slice(name);
+            names.push(0);
+        }
+        if size == 0 {
+            reply.size(names.len() as u32);
+        } else if names.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&names);
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are checked by the kernel (default_permissions); only refuse writes.
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        match self.entry(ino) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// Mount settings for [`mount`].
+#[derive(Debug, Clone, Default)]
+pub struct MountSettings {
+    /// Let other users (root included) see the mount; needs `user_allow_other` for non-root.
+    pub allow_other: bool,
+    /// Worker threads answering the kernel; 0 means one per CPU.
+    pub threads: usize,
+}
+
+/// Mounts `stack` read-only at `mountpoint` and serves it on background threads until the
+/// returned session is dropped or joined (which unmounts).
+pub fn mount(
+    stack: Arc<Stack>,
+    mountpoint: &Path,
+    settings: &MountSettings,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("fim".into()),
+        MountOption::Subtype("fim".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if settings.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    let threads = if settings.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        settings.threads
+    };
+    config.n_threads = Some(threads.max(2));
+    config.clone_fd = true;
+    fuser::spawn_mount(StackFs::new(stack), mountpoint, &config)
+}
+
+/// The root id, for callers that walk the tree themselves.
+pub const ROOT_ID: NodeId = ROOT;

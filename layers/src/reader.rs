@@ -1,0 +1,458 @@
+//! Reads a layer straight from a memory map: records are found by offset, metadata pages
+//! and data blocks are decompressed only when touched, data blocks through a bounded cache.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use memmap2::Mmap;
+
+use crate::error::{LayerError, Result};
+use crate::format::{
+    DIRENT_SIZE, Dirent, EXTENT_SIZE, Extent, INODE_SIZE, Inode, META_PAGE_SIZE, S_IFDIR, S_IFLNK,
+    S_IFREG, SUPERBLOCK_SIZE, Superblock, TABLE_ENTRY_SIZE, TableEntry, decode_xattrs,
+};
+
+/// Decompressed data blocks shared by every layer of a stack, bounded by total bytes.
+pub struct BlockCache {
+    cache: quick_cache::sync::Cache<(u64, u32), Arc<[u8]>, BlockWeighter>,
+}
+
+#[derive(Clone)]
+struct BlockWeighter;
+impl quick_cache::Weighter<(u64, u32), Arc<[u8]>> for BlockWeighter {
+    fn weight(&self, _key: &(u64, u32), val: &Arc<[u8]>) -> u64 {
+        val.len().max(1) as u64
+    }
+}
+
+/// Default block-cache budget: enough to hold the working set of a large application.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+impl BlockCache {
+    pub fn new(capacity_bytes: u64) -> Arc<Self> {
+        let items = (capacity_bytes / (256 << 10)).max(16) as usize;
+        Arc::new(BlockCache {
+            cache: quick_cache::sync::Cache::with_weighter(items, capacity_bytes, BlockWeighter),
+        })
+    }
+}
+
+static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One layer, read in place from a memory map.
+pub struct Layer {
+    map: Arc<Mmap>,
+    base: usize,
+    sb: Superblock,
+    id: u64,
+    meta_pages: Box<[OnceLock<Arc<[u8]>>]>,
+    cache: Arc<BlockCache>,
+}
+
+/// A directory entry as returned by [`Layer::read_dir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u32,
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn decompress(src: &[u8], size: usize) -> Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| LayerError::other("zstd decompressor", e))?,
+            );
+        }
+        let dec = slot
+            .as_mut()
+            .ok_or_else(|| LayerError::corrupt("no decompressor"))?;
+        let out = dec
+            .decompress(src, size)
+            .map_err(|e| LayerError::corrupt(format!("zstd: {e}")))?;
+        if out.len() != size {
+            return Err(LayerError::corrupt(format!(
+                "block decompressed to {} bytes, expected {size}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    })
+}
+
+impl Layer {
+    /// Opens the layer occupying `[offset, offset + len)` of `map`; checks the superblock
+    /// and the tables (cheap), not the data (see [`Layer::verify`]).
+    pub fn open(map: Arc<Mmap>, offset: u64, len: u64, cache: Arc<BlockCache>) -> Result<Self> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= map.len() as u64)
+            .ok_or_else(|| LayerError::corrupt("layer extends past the end of the file"))?;
+        let base = offset as usize;
+        let sb = Superblock::decode(&map[base..end as usize], len)?;
+        let tables = &map[base + sb.block_table_offset as usize..base + sb.layer_size as usize];
+        let computed = xxhash_rust::xxh3::xxh3_64(tables);
+        if computed != sb.tables_checksum {
+            return Err(LayerError::corrupt(format!(
+                "block/meta table checksum mismatch (stored {:#018x}, computed {computed:#018x})",
+                sb.tables_checksum
+            )));
+        }
+        let layer = Layer {
+            meta_pages: (0..sb.meta_page_count).map(|_| OnceLock::new()).collect(),
+            map,
+            base,
+            sb,
+            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
+            cache,
+        };
+        for i in 0..layer.sb.block_count {
+            layer.check_entry(layer.block_entry(i), layer.sb.block_size, "data block", i)?;
+        }
+        for i in 0..layer.sb.meta_page_count {
+            layer.check_entry(layer.meta_entry(i), META_PAGE_SIZE, "metadata page", i)?;
+        }
+        let root = layer.inode(0)?;
+        if !root.is_dir() {
+            return Err(LayerError::corrupt("root entry is not a directory"));
+        }
+        Ok(layer)
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    fn check_entry(&self, e: TableEntry, max: u32, what: &str, index: u32) -> Result<()> {
+        let end = e.offset.checked_add(u64::from(e.compressed_size));
+        let in_body = e.offset >= SUPERBLOCK_SIZE as u64
+            && end.is_some_and(|end| end <= self.sb.block_table_offset);
+        if !in_body || e.uncompressed_size > max || e.uncompressed_size == 0 {
+            return Err(LayerError::corrupt(format!(
+                "{what} {index} has an invalid table entry"
+            )));
+        }
+        Ok(())
+    }
+
+    fn table_entry(&self, table_offset: u64, index: u32) -> TableEntry {
+        let at = self.base + table_offset as usize + index as usize * TABLE_ENTRY_SIZE;
+        TableEntry::decode(&self.map[at..at + TABLE_ENTRY_SIZE])
+    }
+    fn block_entry(&self, index: u32) -> TableEntry {
+        self.table_entry(self.sb.block_table_offset, index)
+    }
+    fn meta_entry(&self, index: u32) -> TableEntry {
+        self.table_entry(self.sb.meta_table_offset, index)
+    }
+
+    /// Checked, decompressed bytes of one table entry.
+    fn load(&self, e: TableEntry, what: &str, index: u32) -> Result<Vec<u8>> {
+        let start = self.base + e.offset as usize;
+        let packed = &self.map[start..start + e.compressed_size as usize];
+        let sum = xxhash_rust::xxh3::xxh3_64(packed);
+        if sum != e.checksum {
+            return Err(LayerError::corrupt(format!(
+                "{what} {index} checksum mismatch (stored {:#018x}, computed {sum:#018x})",
+                e.checksum
+            )));
+        }
+        decompress(packed, e.uncompressed_size as usize)
+            .map_err(|err| LayerError::corrupt(format!("{what} {index}: {err}")))
+    }
+
+    fn meta_page(&self, index: u32) -> Result<&Arc<[u8]>> {
+        let slot = self
+            .meta_pages
+            .get(index as usize)
+            .ok_or_else(|| LayerError::corrupt("metadata reference past the end"))?;
+        if let Some(page) = slot.get() {
+            return Ok(page);
+        }
+        let expected = (self.sb.meta_size - u64::from(index) * u64::from(META_PAGE_SIZE))
+            .min(u64::from(META_PAGE_SIZE));
+        let e = self.meta_entry(index);
+        if u64::from(e.uncompressed_size) != expected {
+            return Err(LayerError::corrupt(format!(
+                "metadata page {index} has the wrong size"
+            )));
+        }
+        let page: Arc<[u8]> = self.load(e, "metadata page", index)?.into();
+        Ok(slot.get_or_init(|| page))
+    }
+
+    /// Copies `out.len()` bytes of the metadata stream starting at `offset`.
+    fn meta_read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let end = offset.checked_add(out.len() as u64);
+        if end.is_none_or(|end| end > self.sb.meta_size) {
+            return Err(LayerError::corrupt("metadata reference past the end"));
+        }
+        let page_size = u64::from(META_PAGE_SIZE);
+        let mut done = 0;
+        while done < out.len() {
+            let pos = offset + done as u64;
+            let page = self.meta_page((pos / page_size) as u32)?;
+            let within = (pos % page_size) as usize;
+            let n = (page.len() - within).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&page[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn meta_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.meta_read(offset, &mut v)?;
+        Ok(v)
+    }
+
+    pub fn inode_count(&self) -> u32 {
+        self.sb.inode_count
+    }
+
+    /// The inode `ino`, with its references checked against the section bounds.
+    pub fn inode(&self, ino: u32) -> Result<Inode> {
+        if ino >= self.sb.inode_count {
+            return Err(LayerError::corrupt(format!("inode {ino} does not exist")));
+        }
+        let mut b = [0u8; INODE_SIZE];
+        self.meta_read(u64::from(ino) * INODE_SIZE as u64, &mut b)?;
+        let inode = Inode::decode(&b)?;
+        let ok = match inode.file_type() {
+            S_IFDIR => inode.a + u64::from(inode.b) <= u64::from(self.sb.dirent_count),
+            S_IFREG if inode.is_sparse() => inode.a + u64::from(inode.b) <= self.sb.extent_count,
+            S_IFREG => inode
+                .a
+                .checked_add(inode.size)
+                .is_some_and(|e| e <= self.sb.data_size),
+            S_IFLNK => self.sb.names_at + inode.a + inode.size <= self.sb.xattrs_at,
+            _ => true,
+        } && self.sb.xattrs_at + inode.xattr_offset + u64::from(inode.xattr_len)
+            <= self.sb.meta_size;
+        if !ok {
+            return Err(LayerError::corrupt(format!(
+                "inode {ino} points outside its section"
+            )));
+        }
+        Ok(inode)
+    }
+
+    fn dirent(&self, index: u64) -> Result<Dirent> {
+        let mut b = [0u8; DIRENT_SIZE];
+        self.meta_read(self.sb.dirents_at + index * DIRENT_SIZE as u64, &mut b)?;
+        let d = Dirent::decode(&b);
+        if d.ino >= self.sb.inode_count
+            || self.sb.names_at + u64::from(d.name_offset) + u64::from(d.name_len)
+                > self.sb.xattrs_at
+            || d.name_len == 0
+        {
+            return Err(LayerError::corrupt("directory entry out of bounds"));
+        }
+        Ok(d)
+    }
+
+    fn dirent_name(&self, d: &Dirent) -> Result<Vec<u8>> {
+        self.meta_vec(
+            self.sb.names_at + u64::from(d.name_offset),
+            usize::from(d.name_len),
+        )
+    }
+
+    /// Finds `name` in directory `dir` by binary search over its sorted entries.
+    pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (0u64, u64::from(dir.b));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let d = self.dirent(dir.a + mid)?;
+            match self.dirent_name(&d)?.as_slice().cmp(name) {
+                std::cmp::Ordering::Equal => return Ok(Some(d.ino)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every entry of directory `dir`, in name order.
+    pub fn read_dir(&self, dir: &Inode) -> Result<Vec<DirEntry>> {
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        (0..u64::from(dir.b))
+            .map(|i| {
+                let d = self.dirent(dir.a + i)?;
+                Ok(DirEntry {
+                    name: self.dirent_name(&d)?,
+                    ino: d.ino,
+                })
+            })
+            .collect()
+    }
+
+    pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
+        if inode.file_type() != S_IFLNK {
+            return Err(LayerError::corrupt("not a symlink"));
+        }
+        self.meta_vec(self.sb.names_at + inode.a, inode.size as usize)
+    }
+
+    pub fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if inode.xattr_len == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = self.meta_vec(
+            self.sb.xattrs_at + inode.xattr_offset,
+            inode.xattr_len as usize,
+        )?;
+        decode_xattrs(&raw)
+    }
+
+    /// Data runs of a sparse file.
+    pub fn extents(&self, inode: &Inode) -> Result<Vec<Extent>> {
+        if !inode.is_sparse() {
+            return Ok(vec![Extent {
+                file_offset: 0,
+                len: inode.size,
+                data_offset: inode.a,
+            }]);
+        }
+        (0..u64::from(inode.b))
+            .map(|i| {
+                let mut b = [0u8; EXTENT_SIZE];
+                self.meta_read(self.sb.extents_at + (inode.a + i) * EXTENT_SIZE as u64, &mut b)?;
+                let e = Extent::decode(&b);
+                let in_bounds = e
+                    .data_offset
+                    .checked_add(e.len)
+                    .is_some_and(|end| end <= self.sb.data_size)
+                    && e.file_offset
+                        .checked_add(e.len)
+                        .is_some_and(|end| end <= inode.size);
+                if !in_bounds {
+                    return Err(LayerError::corrupt("extent out of bounds"));
+                }
+                Ok(e)
+            })
+            .collect()
+    }
+
+    /// A decompressed data block, through the shared cache.
+    fn block(&self, index: u32) -> Result<Arc<[u8]>> {
+        if index >= self.sb.block_count {
+            return Err(LayerError::corrupt("data reference past the end"));
+        }
+        self.cache.cache.get_or_insert_with(&(self.id, index), || {
+            let e = self.block_entry(index);
+            let expected = (self.sb.data_size - u64::from(index) * u64::from(self.sb.block_size))
+                .min(u64::from(self.sb.block_size));
+            if u64::from(e.uncompressed_size) != expected {
+                return Err(LayerError::corrupt(format!(
+                    "data block {index} has the wrong size"
+                )));
+            }
+            Ok(self.load(e, "data block", index)?.into())
+        })
+    }
+
+    /// Copies data-stream bytes `[offset, offset + out.len())` into `out`.
+    fn read_stream(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let bs = u64::from(self.sb.block_size);
+        let mut done = 0;
+        while done < out.len() {
+            let pos = offset + done as u64;
+            let block = self.block((pos / bs) as u32)?;
+            let within = (pos % bs) as usize;
+            if within >= block.len() {
+                return Err(LayerError::corrupt("data reference past the end"));
+            }
+            let n = (block.len() - within).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&block[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads file content at `offset` into `out`; returns bytes read (short at end of file).
+    pub fn read(&self, inode: &Inode, offset: u64, out: &mut [u8]) -> Result<usize> {
+        if inode.file_type() != S_IFREG || offset >= inode.size {
+            return Ok(0);
+        }
+        let len = (inode.size - offset).min(out.len() as u64) as usize;
+        let out = &mut out[..len];
+        if !inode.is_sparse() {
+            self.read_stream(inode.a + offset, out)?;
+            return Ok(len);
+        }
+        out.fill(0);
+        let end = offset + len as u64;
+        for e in self.extents(inode)? {
+            let lo = e.file_offset.max(offset);
+            let hi = (e.file_offset + e.len).min(end);
+            if lo < hi {
+                let dst = &mut out[(lo - offset) as usize..(hi - offset) as usize];
+                self.read_stream(e.data_offset + (lo - e.file_offset), dst)?;
+            }
+        }
+        Ok(len)
+    }
+
+    /// Checks everything: the body digest, every block and page, every record.
+    pub fn verify(&self) -> Result<()> {
+        let body = &self.map[self.base + SUPERBLOCK_SIZE..self.base + self.sb.layer_size as usize];
+        let digest = blake3::hash(body);
+        if digest.as_bytes() != &self.sb.body_digest {
+            return Err(LayerError::corrupt(format!(
+                "body digest mismatch (stored {}, computed {})",
+                hex(&self.sb.body_digest),
+                digest.to_hex()
+            )));
+        }
+        for i in 0..self.sb.meta_page_count {
+            self.load(self.meta_entry(i), "metadata page", i)?;
+        }
+        for i in 0..self.sb.block_count {
+            let e = self.block_entry(i);
+            let data = self.load(e, "data block", i)?;
+            let expected = (self.sb.data_size - u64::from(i) * u64::from(self.sb.block_size))
+                .min(u64::from(self.sb.block_size));
+            if data.len() as u64 != expected {
+                return Err(LayerError::corrupt(format!("data block {i} has the wrong size")));
+            }
+        }
+        for ino in 0..self.sb.inode_count {
+            let inode = self.inode(ino)?;
+            if inode.is_dir() {
+                let entries = self.read_dir(&inode)?;
+                if entries.windows(2).any(|w| w[0].name >= w[1].name) {
+                    return Err(LayerError::corrupt(format!(
+                        "directory inode {ino} has unsorted or duplicate entries"
+                    )));
+                }
+            }
+            if inode.file_type() == S_IFREG {
+                self.extents(&inode)?;
+            }
+            self.xattrs(&inode)?;
+        }
+        Ok(())
+    }
+
+    /// The layer's identity: BLAKE3 of everything after the superblock.
+    pub fn digest(&self) -> [u8; 32] {
+        self.sb.body_digest
+    }
+}
+
+/// Lower-case hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,273 @@
+//! Build-then-read tests of the layer format and the merged stack.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::format::{S_IFDIR, S_IFLNK, S_IFREG};
+use crate::*;
+
+fn build(dir: &Path, options: &BuildOptions) -> (tempfile::NamedTempFile, u64) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let stats = build_layer(dir, out.as_file(), 0, options, &NoProgress).unwrap();
+    (out, stats.layer_size)
+}
+
+fn open(file: &tempfile::NamedTempFile, size: u64) -> Layer {
+    // SAFETY: test file, not modified while mapped.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(file.as_file()).unwrap() });
+    Layer::open(map, 0, size, BlockCache::new(1 << 20)).unwrap()
+}
+
+fn small_options() -> BuildOptions {
+    BuildOptions {
+        level: 3,
+        block_size: 4096,
+        ..Default::default()
+    }
+}
+
+fn stack_of(dirs: &[&Path]) -> (Vec<tempfile::NamedTempFile>, Stack) {
+    let options = BuildOptions {
+        whiteouts: WhiteoutFormat::Oci,
+        ..small_options()
+    };
+    let mut files = Vec::new();
+    let mut layers = Vec::new();
+    for dir in dirs {
+        let (f, size) = build(dir, &options);
+        layers.push(open(&f, size));
+        files.push(f);
+    }
+    (files, Stack::new(layers).unwrap())
+}
+
+fn read_all(stack: &Stack, entry: &Entry) -> Vec<u8> {
+    let mut buf = vec![0u8; entry.inode.size as usize];
+    let n = stack.read(entry, 0, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn resolve(stack: &Stack, path: &str) -> Option<Entry> {
+    let mut id = ROOT;
+    let mut last = stack.entry(ROOT).unwrap();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        last = stack.lookup(id, part.as_bytes()).unwrap()?;
+        id = last.id;
+    }
+    Some(last)
+}
+
+fn names(stack: &Stack, path: &str) -> Vec<String> {
+    let id = resolve(stack, path).unwrap().id;
+    stack
+        .read_dir(id)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| String::from_utf8(n).unwrap())
+        .collect()
+}
+
+#[test]
+fn content_spanning_many_blocks_reads_back_at_every_offset() {
+    let src = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.path().join("big"), &data).unwrap();
+    fs::write(src.path().join("small"), b"hello").unwrap();
+    let (_f, stack) = stack_of(&[src.path()]);
+    let big = resolve(&stack, "big").unwrap();
+    assert_eq!(read_all(&stack, &big), data);
+    for offset in [0u64, 1, 4095, 4096, 12_345, 49_999] {
+        let mut buf = [0u8; 5000];
+        let n = stack.read(&big, offset, &mut buf).unwrap();
+        let end = (offset as usize + 5000).min(data.len());
+        assert_eq!(&buf[..n], &data[offset as usize..end], "offset {offset}");
+    }
+    assert_eq!(read_all(&stack, &resolve(&stack, "small").unwrap()), b"hello");
+}
+
+#[test]
+fn identical_files_are_stored_once() {
+    let src = tempfile::tempdir().unwrap();
+    let data = vec![42u8; 100_000];
+    fs::write(src.path().join("a"), &data).unwrap();
+    fs::write(src.path().join("b"), &data).unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let stats = build_layer(src.path(), out.as_file(), 0, &small_options(), &NoProgress).unwrap();
+    assert_eq!(stats.content_bytes, 200_000);
+    assert_eq!(stats.unique_bytes, 100_000);
+    let layer = open(&out, stats.layer_size);
+    let stack = Stack::new(vec![layer]).unwrap();
+    assert_eq!(read_all(&stack, &resolve(&stack, "b").unwrap()), data);
+}
+
+#[test]
+fn metadata_types_modes_xattrs_and_hardlinks_survive() {
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path();
+    fs::create_dir(p.join("d")).unwrap();
+    fs::write(p.join("d/suid"), b"x").unwrap();
+    fs::set_permissions(p.join("d/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(p.join("one"), b"linked").unwrap();
+    fs::hard_link(p.join("one"), p.join("two")).unwrap();
+    symlink("d/suid", p.join("link")).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"bad\xffname");
+    fs::write(p.join(odd), b"").unwrap();
+    let has_xattrs = xattr::set(p.join("one"), "user.k", b"v").is_ok();
+
+    let (_f, stack) = stack_of(&[p]);
+    assert_eq!(
+        resolve(&stack, "d/suid").unwrap().inode.mode,
+        S_IFREG | 0o4755
+    );
+    let link = resolve(&stack, "link").unwrap();
+    assert_eq!(link.inode.mode & 0o170000, S_IFLNK);
+    assert_eq!(stack.read_link(&link).unwrap(), b"d/suid");
+    let one = resolve(&stack, "one").unwrap();
+    let two = resolve(&stack, "two").unwrap();
+    assert_eq!(one.id, two.id, "hardlinks share one node");
+    assert_eq!(one.inode.nlink, 2);
+    let root = stack.entry(ROOT).unwrap();
+    assert!(stack.lookup(ROOT, b"bad\xffname").unwrap().is_some());
+    assert_eq!(root.inode.mode & 0o170000, S_IFDIR);
+    assert_eq!(
+        root.inode.mtime_sec,
+        fs::metadata(p).unwrap().mtime(),
+        "directory mtime kept"
+    );
+    if has_xattrs {
+        assert_eq!(
+            stack.xattrs(&one).unwrap(),
+            vec![(b"user.k".to_vec(), b"v".to_vec())]
+        );
+    }
+}
+
+#[test]
+fn sparse_file_stores_only_data_and_reads_holes_as_zeros() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("sparse");
+    let mut f = File::create(&path).unwrap();
+    f.set_len(10 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"middle", 5 << 20).unwrap();
+    f.flush().unwrap();
+    drop(f);
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let stats = build_layer(src.path(), out.as_file(), 0, &small_options(), &NoProgress).unwrap();
+    assert!(stats.unique_bytes < 1 << 20, "holes were stored");
+    let stack = Stack::new(vec![open(&out, stats.layer_size)]).unwrap();
+    let e = resolve(&stack, "sparse").unwrap();
+    assert_eq!(e.inode.size, 10 << 20);
+    let mut buf = [1u8; 8];
+    stack.read(&e, (5 << 20) - 2, &mut buf).unwrap();
+    assert_eq!(&buf, b"\0\0middle");
+    let mut zeros = [1u8; 16];
+    stack.read(&e, 100, &mut zeros).unwrap();
+    assert_eq!(zeros, [0u8; 16]);
+}
+
+#[test]
+fn upper_layer_wins_and_whiteout_hides_lower_file() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    fs::write(lower.path().join("keep"), b"lower").unwrap();
+    fs::write(lower.path().join("gone"), b"lower").unwrap();
+    fs::write(lower.path().join("both"), b"lower").unwrap();
+    fs::write(upper.path().join("both"), b"upper").unwrap();
+    fs::write(upper.path().join(".wh.gone"), b"").unwrap();
+    let (_f, stack) = stack_of(&[lower.path(), upper.path()]);
+    assert_eq!(names(&stack, ""), ["both", "keep"]);
+    assert!(resolve(&stack, "gone").is_none());
+    assert_eq!(read_all(&stack, &resolve(&stack, "both").unwrap()), b"upper");
+}
+
+#[test]
+fn opaque_directory_hides_lower_contents_but_merged_directory_does_not() {
+    let l0 = tempfile::tempdir().unwrap();
+    let l1 = tempfile::tempdir().unwrap();
+    let l2 = tempfile::tempdir().unwrap();
+    for d in ["opaque", "merged"] {
+        fs::create_dir(l0.path().join(d)).unwrap();
+        fs::write(l0.path().join(d).join("old"), b"0").unwrap();
+    }
+    fs::create_dir(l1.path().join("merged")).unwrap();
+    fs::write(l1.path().join("merged/mid"), b"1").unwrap();
+    fs::create_dir(l2.path().join("opaque")).unwrap();
+    fs::write(l2.path().join("opaque/.wh..wh..opq"), b"").unwrap();
+    fs::write(l2.path().join("opaque/new"), b"2").unwrap();
+    fs::create_dir(l2.path().join("merged")).unwrap();
+    fs::write(l2.path().join("merged/top"), b"2").unwrap();
+    let (_f, stack) = stack_of(&[l0.path(), l1.path(), l2.path()]);
+    assert_eq!(names(&stack, "opaque"), ["new"]);
+    assert_eq!(names(&stack, "merged"), ["mid", "old", "top"]);
+    assert!(resolve(&stack, "opaque/old").is_none());
+    assert!(resolve(&stack, "merged/old").is_some());
+}
+
+#[test]
+fn file_in_upper_layer_replaces_lower_directory() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    fs::create_dir(lower.path().join("x")).unwrap();
+    fs::write(lower.path().join("x/inside"), b"").unwrap();
+    fs::write(upper.path().join("x"), b"file").unwrap();
+    let (_f, stack) = stack_of(&[lower.path(), upper.path()]);
+    let x = resolve(&stack, "x").unwrap();
+    assert_eq!(x.inode.mode & 0o170000, S_IFREG);
+    assert!(stack.lookup(x.id, b"inside").unwrap().is_none());
+}
+
+#[test]
+fn flipped_data_byte_is_a_clear_error_on_read_and_verify() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), vec![9u8; 20_000]).unwrap();
+    let (f, size) = build(src.path(), &small_options());
+    let mut bytes = fs::read(f.path()).unwrap();
+    bytes[256 + 4] ^= 1; // the first data block starts right after the 256-byte superblock
+    fs::write(f.path(), &bytes).unwrap();
+    let layer = open(&f, size);
+    let err = layer.verify().unwrap_err().to_string();
+    assert!(err.contains("digest mismatch"), "{err}");
+    let stack = Stack::new(vec![layer]).unwrap();
+    let e = resolve(&stack, "f").unwrap();
+    let mut buf = [0u8; 10];
+    let err = stack.read(&e, 0, &mut buf).unwrap_err().to_string();
+    assert!(err.contains("data block 0 checksum mismatch"), "{err}");
+}
+
+#[test]
+fn truncated_layer_is_refused_at_open() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), b"abc").unwrap();
+    let (f, size) = build(src.path(), &small_options());
+    // SAFETY: test file.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(f.as_file()).unwrap() });
+    let err = Layer::open(map, 0, size - 1, BlockCache::new(1 << 20))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn stored_layer_extracts_whiteouts_as_oci_markers() {
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir(src.path().join("d")).unwrap();
+    fs::write(src.path().join("d/.wh..wh..opq"), b"").unwrap();
+    fs::write(src.path().join(".wh.x"), b"").unwrap();
+    let (_f, stack) = stack_of(&[src.path()]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("out");
+    extract(&stack, &out, true).unwrap();
+    assert!(out.join(".wh.x").exists());
+    assert!(out.join("d/.wh..wh..opq").exists());
+    let merged = dest.path().join("merged");
+    extract(&stack, &merged, false).unwrap();
+    assert!(!merged.join(".wh.x").exists());
+    assert!(fs::read_dir(merged.join("d")).unwrap().next().is_none());
+}
