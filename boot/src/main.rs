@@ -1,1 +1,30 @@
-fn main() {}
+//! The launcher at the head of every image. It reads its own payload (trailer, reserved
+//! block, layers) from `/proc/self/exe` and dispatches the `fim-*` commands.
+
+mod commands;
+mod debug;
+mod help;
+
+use std::process::ExitCode;
+
+/// Exit status of the launcher's own failures, as FlatImage and `env(1)` use it.
+pub const RUNTIME_ERROR: u8 = 125;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match commands::dispatch(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            let program = std::env::args()
+                .next()
+                .and_then(|a| {
+                    std::path::Path::new(&a)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| "fim-boot".into());
+            eprintln!("{program}: {e:#}");
+            ExitCode::from(RUNTIME_ERROR)
+        }
+    }
+}

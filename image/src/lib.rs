@@ -1,1 +1,15 @@
-//! placeholder
+//! The image container: `[launcher ELF][reserved block][layer 0..N][layer table][footer]`.
+//! Shared by the launcher (which reads itself) and the packer (which writes and checks
+//! images), so the container format is defined in exactly one place.
+
+pub mod elf;
+pub mod error;
+pub mod image;
+pub mod trailer;
+pub mod write;
+
+pub use elf::elf_end;
+pub use error::{ImageError, Result};
+pub use image::Image;
+pub use trailer::{ALIGN, FOOTER_SIZE, Footer, IMAGE_VERSION, LAYER_ENTRY_SIZE, LayerEntry};
+pub use write::{ImageWriter, Updated, read_launcher, update_reserved};

@@ -202,8 +202,7 @@ impl Superblock {
         let tables_end = self
             .meta_table_offset
             .checked_add(u64::from(self.meta_page_count) * TABLE_ENTRY_SIZE as u64);
-        if self.block_table_offset < SUPERBLOCK_SIZE as u64 || tables_end != Some(self.layer_size)
-        {
+        if self.block_table_offset < SUPERBLOCK_SIZE as u64 || tables_end != Some(self.layer_size) {
             return bad("tables do not end the layer");
         }
         if self.inode_count == 0 {
@@ -418,7 +417,9 @@ pub fn decode_xattrs(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LayerError
         let value_len = u32_at(b, 2) as usize;
         let rest = &b[6..];
         if name_len == 0 || rest.len() < name_len + value_len {
-            return Err(LayerError::corrupt("xattr record overruns its inode's xattrs"));
+            return Err(LayerError::corrupt(
+                "xattr record overruns its inode's xattrs",
+            ));
         }
         out.push((
             rest[..name_len].to_vec(),
@@ -470,7 +471,10 @@ mod tests {
         for at in 0..SUPERBLOCK_SIZE {
             let mut b = bytes;
             b[at] ^= 0x40;
-            assert!(Superblock::decode(&b, u64::MAX).is_err(), "flip at {at} accepted");
+            assert!(
+                Superblock::decode(&b, u64::MAX).is_err(),
+                "flip at {at} accepted"
+            );
         }
     }
 

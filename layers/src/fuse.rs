@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 use crate::error::LayerError;
 use crate::format::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
-use crate::stack::{Entry, NodeId, ROOT, Stack};
+use crate::stack::{Entry, Stack};
 
 /// How long the kernel may trust what we told it: the layers are immutable.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -354,13 +354,7 @@ pub struct MountSettings {
     pub threads: usize,
 }
 
-/// Mounts `stack` read-only at `mountpoint` and serves it on background threads until the
-/// returned session is dropped or joined (which unmounts).
-pub fn mount(
-    stack: Arc<Stack>,
-    mountpoint: &Path,
-    settings: &MountSettings,
-) -> std::io::Result<fuser::BackgroundSession> {
+fn config(settings: &MountSettings) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -379,8 +373,25 @@ pub fn mount(
     };
     config.n_threads = Some(threads.max(2));
     config.clone_fd = true;
-    fuser::spawn_mount(StackFs::new(stack), mountpoint, &config)
+    config
 }
 
-/// The root id, for callers that walk the tree themselves.
-pub const ROOT_ID: NodeId = ROOT;
+/// Mounts `stack` read-only at `mountpoint`; the caller runs the session (`run`) and may
+/// take an unmounter first (`unmount_callable`) to end it from another thread.
+pub fn session(
+    stack: Arc<Stack>,
+    mountpoint: &Path,
+    settings: &MountSettings,
+) -> std::io::Result<fuser::Session<StackFs>> {
+    fuser::Session::new(StackFs::new(stack), mountpoint, &config(settings))
+}
+
+/// Mounts `stack` read-only at `mountpoint` and serves it on background threads until the
+/// returned session is dropped or joined (which unmounts).
+pub fn mount(
+    stack: Arc<Stack>,
+    mountpoint: &Path,
+    settings: &MountSettings,
+) -> std::io::Result<fuser::BackgroundSession> {
+    fuser::spawn_mount(StackFs::new(stack), mountpoint, &config(settings))
+}

@@ -328,7 +328,10 @@ impl Layer {
         (0..u64::from(inode.b))
             .map(|i| {
                 let mut b = [0u8; EXTENT_SIZE];
-                self.meta_read(self.sb.extents_at + (inode.a + i) * EXTENT_SIZE as u64, &mut b)?;
+                self.meta_read(
+                    self.sb.extents_at + (inode.a + i) * EXTENT_SIZE as u64,
+                    &mut b,
+                )?;
                 let e = Extent::decode(&b);
                 let in_bounds = e
                     .data_offset
@@ -425,7 +428,9 @@ impl Layer {
             let expected = (self.sb.data_size - u64::from(i) * u64::from(self.sb.block_size))
                 .min(u64::from(self.sb.block_size));
             if data.len() as u64 != expected {
-                return Err(LayerError::corrupt(format!("data block {i} has the wrong size")));
+                return Err(LayerError::corrupt(format!(
+                    "data block {i} has the wrong size"
+                )));
             }
         }
         for ino in 0..self.sb.inode_count {

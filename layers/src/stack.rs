@@ -148,7 +148,11 @@ impl Stack {
 
     /// Like [`Stack::read_dir`]; with `keep_whiteouts` the whiteout entries themselves are
     /// listed too (used to extract one layer as it is stored).
-    pub fn read_dir_with(&self, dir: NodeId, keep_whiteouts: bool) -> Result<Vec<(Vec<u8>, Entry)>> {
+    pub fn read_dir_with(
+        &self,
+        dir: NodeId,
+        keep_whiteouts: bool,
+    ) -> Result<Vec<(Vec<u8>, Entry)>> {
         let sources = self.sources(dir)?;
         let mut merged: BTreeMap<Vec<u8>, Option<Entry>> = BTreeMap::new();
         for &(layer, dir_ino) in sources.iter() {

@@ -87,7 +87,10 @@ fn content_spanning_many_blocks_reads_back_at_every_offset() {
         let end = (offset as usize + 5000).min(data.len());
         assert_eq!(&buf[..n], &data[offset as usize..end], "offset {offset}");
     }
-    assert_eq!(read_all(&stack, &resolve(&stack, "small").unwrap()), b"hello");
+    assert_eq!(
+        read_all(&stack, &resolve(&stack, "small").unwrap()),
+        b"hello"
+    );
 }
 
 #[test]
@@ -183,7 +186,10 @@ fn upper_layer_wins_and_whiteout_hides_lower_file() {
     let (_f, stack) = stack_of(&[lower.path(), upper.path()]);
     assert_eq!(names(&stack, ""), ["both", "keep"]);
     assert!(resolve(&stack, "gone").is_none());
-    assert_eq!(read_all(&stack, &resolve(&stack, "both").unwrap()), b"upper");
+    assert_eq!(
+        read_all(&stack, &resolve(&stack, "both").unwrap()),
+        b"upper"
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use crate::error::{LayerError, Result};
 use crate::format::{
-    Dirent, Extent, FLAG_SPARSE, Inode, META_PAGE_SIZE, S_IFBLK, S_IFCHR, S_IFLNK, S_IFMT,
-    S_IFREG, SUPERBLOCK_SIZE, Superblock, TableEntry, encode_xattrs,
+    Dirent, Extent, FLAG_SPARSE, Inode, META_PAGE_SIZE, S_IFBLK, S_IFCHR, S_IFLNK, S_IFMT, S_IFREG,
+    SUPERBLOCK_SIZE, Superblock, TableEntry, encode_xattrs,
 };
 use crate::scan::{Content, Tree, WhiteoutFormat, scan};
 
@@ -443,7 +443,12 @@ fn content_order(tree: &Tree, order: ContentOrder) -> Vec<u32> {
         }
     }
     if order == ContentOrder::Similarity {
-        let name = |i: &u32| tree.nodes[*i as usize].path.file_name().map(|n| n.as_bytes());
+        let name = |i: &u32| {
+            tree.nodes[*i as usize]
+                .path
+                .file_name()
+                .map(|n| n.as_bytes())
+        };
         let extension = |i: &u32| {
             let n = name(i).unwrap_or_default();
             n.iter()

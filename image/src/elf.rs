@@ -1,0 +1,65 @@
+//! Where the launcher ELF ends, computed from its headers rather than trusted from a field.
+
+use crate::error::{ImageError, Result};
+
+/// End of the ELF file image: the furthest byte any header, section or segment covers.
+/// This is the formula AppImage and uruntime use (section table end, every non-NOBITS
+/// section's end), extended to program segments so a stripped binary is measured right.
+pub fn elf_end(bytes: &[u8]) -> Result<u64> {
+    let elf = goblin::elf::Elf::parse(bytes).map_err(|e| ImageError::Launcher(e.to_string()))?;
+    let h = &elf.header;
+    if !elf.is_64 || h.e_machine != goblin::elf::header::EM_X86_64 {
+        return Err(ImageError::Launcher("not an x86_64 ELF".into()));
+    }
+    if h.e_type != goblin::elf::header::ET_EXEC && h.e_type != goblin::elf::header::ET_DYN {
+        return Err(ImageError::Launcher("not an executable".into()));
+    }
+    let mut end = h.e_shoff + u64::from(h.e_shentsize) * u64::from(h.e_shnum);
+    end = end.max(h.e_phoff + u64::from(h.e_phentsize) * u64::from(h.e_phnum));
+    for s in &elf.section_headers {
+        if s.sh_type != goblin::elf::section_header::SHT_NOBITS {
+            end = end.max(s.sh_offset + s.sh_size);
+        }
+    }
+    for p in &elf.program_headers {
+        end = end.max(p.p_offset + p.p_filesz);
+    }
+    if end > bytes.len() as u64 {
+        return Err(ImageError::Launcher(
+            "ELF headers point past the end of the file".into(),
+        ));
+    }
+    Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_test_binary_ends_within_its_file() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let end = elf_end(&exe).unwrap();
+        assert!(end > 0 && end <= exe.len() as u64);
+    }
+
+    #[test]
+    fn appended_bytes_do_not_move_the_end() {
+        let mut exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let end = elf_end(&exe).unwrap();
+        exe.extend_from_slice(&[0xAA; 10_000]);
+        assert_eq!(elf_end(&exe).unwrap(), end);
+    }
+
+    #[test]
+    fn text_and_empty_input_are_refused() {
+        assert!(elf_end(b"").is_err());
+        assert!(elf_end(b"#!/bin/sh\necho hi\n").is_err());
+    }
+
+    #[test]
+    fn truncated_elf_is_refused() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(elf_end(&exe[..exe.len() / 2]).is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! Creating and changing images, crash-safely: every change is written to a new file in the
+//! same directory, synced, and renamed over the old one. Killed at any instant, the path
+//! holds either the old image or the new one; a running instance keeps its old mapping.
+
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fim_layers::{BuildOptions, BuildStats, Progress, build_layer};
+use fim_reserved::Reserved;
+
+use crate::elf::elf_end;
+use crate::error::{ImageError, Result};
+use crate::image::Image;
+use crate::trailer::{ALIGN, Footer, LayerEntry};
+
+/// Prefix of the temporary files a change writes next to the image.
+const TEMP_MARK: &str = ".fim-tmp";
+
+/// The launcher bytes of `path`: the ELF alone, without any payload already appended.
+pub fn read_launcher(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = fs::read(path).map_err(|e| ImageError::io(path, e))?;
+    let end = elf_end(&bytes)?;
+    bytes.truncate(end as usize);
+    Ok(bytes)
+}
+
+/// Builds a new image at `out`; nothing appears at `out` until [`ImageWriter::finish`].
+pub struct ImageWriter {
+    out: PathBuf,
+    tmp: tempfile::NamedTempFile,
+    footer: Footer,
+    layers: Vec<LayerEntry>,
+    pos: u64,
+}
+
+fn temp_in(dir_of: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match dir_of.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = dir_of
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}{TEMP_MARK}"))
+        .tempfile_in(dir)
+        .map_err(|e| ImageError::io(dir, e))
+}
+
+fn zeros(file: &File, from: u64, to: u64, path: &Path) -> Result<()> {
+    if to > from {
+        file.write_all_at(&vec![0u8; (to - from) as usize], from)
+            .map_err(|e| ImageError::io(path, e))?;
+    }
+    Ok(())
+}
+
+impl ImageWriter {
+    /// Starts an image at `out` with `launcher` (ELF bytes) and `reserved` as its config.
+    pub fn create(out: &Path, launcher: &[u8], reserved: &Reserved) -> Result<Self> {
+        let launcher_size = elf_end(launcher)?;
+        if launcher_size != launcher.len() as u64 {
+            return Err(ImageError::Launcher(
+                "launcher has bytes past its ELF end; pass the ELF alone".into(),
+            ));
+        }
+        let tmp = temp_in(out)?;
+        let reserved_offset = launcher_size.next_multiple_of(ALIGN);
+        let file = tmp.as_file();
+        let p = tmp.path().to_owned();
+        file.write_all_at(launcher, 0)
+            .map_err(|e| ImageError::io(&p, e))?;
+        zeros(file, launcher_size, reserved_offset, &p)?;
+        file.write_all_at(&reserved.to_bytes(), reserved_offset)
+            .map_err(|e| ImageError::io(&p, e))?;
+        let pos = reserved_offset + fim_reserved::BLOCK_SIZE as u64;
+        Ok(ImageWriter {
+            out: out.to_owned(),
+            tmp,
+            footer: Footer {
+                layer_count: 0,
+                launcher_size,
+                launcher_checksum: xxhash_rust::xxh3::xxh3_64(launcher),
+                reserved_offset,
+                table_offset: 0,
+                table_checksum: 0,
+            },
+            layers: Vec::new(),
+            pos,
+        })
+    }
+
+    /// Builds a layer from directory `source` and appends it.
+    pub fn add_layer_from_dir(
+        &mut self,
+        source: &Path,
+        options: &BuildOptions,
+        progress: &dyn Progress,
+    ) -> Result<BuildStats> {
+        let start = self.pos.next_multiple_of(ALIGN);
+        let path = self.tmp.path().to_owned();
+        zeros(self.tmp.as_file(), self.pos, start, &path)?;
+        let stats = build_layer(source, self.tmp.as_file(), start, options, progress)
+            .map_err(|e| ImageError::layer(self.layers.len(), e))?;
+        self.layers.push(LayerEntry {
+            offset: start,
+            size: stats.layer_size,
+            digest: stats.digest,
+        });
+        self.pos = start + stats.layer_size;
+        Ok(stats)
+    }
+
+    /// Writes the trailer, syncs, and atomically puts the image at its path (mode 0755).
+    pub fn finish(mut self) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(ImageError::corrupt("an image needs at least one layer"));
+        }
+        let path = self.tmp.path().to_owned();
+        let mut table = Vec::new();
+        for l in &self.layers {
+            table.extend_from_slice(&l.encode());
+        }
+        self.footer.layer_count =
+            u32::try_from(self.layers.len()).map_err(|_| ImageError::corrupt("too many layers"))?;
+        self.footer.table_offset = self.pos;
+        self.footer.table_checksum = xxhash_rust::xxh3::xxh3_64(&table);
+        let file = self.tmp.as_file_mut();
+        file.seek(SeekFrom::Start(self.pos))
+            .and_then(|_| file.write_all(&table))
+            .and_then(|_| file.write_all(&self.footer.encode()))
+            .and_then(|_| file.set_permissions(fs::Permissions::from_mode(0o755)))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| ImageError::io(&path, e))?;
+        let out = self.out.clone();
+        self.tmp
+            .persist(&out)
+            .map_err(|e| ImageError::io(&out, e.error))?;
+        sync_dir(&out);
+        Ok(())
+    }
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        // Best effort: some file systems refuse fsync on directories.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Takes the exclusive change lock of the image at `path`, returning the locked file.
+/// The lock lives on the image inode; after a rename the path holds a new inode, so a
+/// waiter re-checks that it locked what the path now names.
+fn lock_image(path: &Path) -> Result<File> {
+    loop {
+        let file = File::open(path).map_err(|e| ImageError::io(path, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ImageError::io(path, std::io::Error::last_os_error()));
+        }
+        let locked = file.metadata().map_err(|e| ImageError::io(path, e))?;
+        let current = fs::metadata(path).map_err(|e| ImageError::io(path, e))?;
+        if locked.ino() == current.ino() && locked.dev() == current.dev() {
+            return Ok(file);
+        }
+    }
+}
+
+/// Removes temporaries left by a change that was killed. Called under the change lock,
+/// so no live change owns them.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}{TEMP_MARK}", name.to_string_lossy());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Whether [`update_reserved`] wrote a new image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updated {
+    Changed,
+    Unchanged,
+}
+
+/// Applies `change` to the reserved block of the image at `path`, crash-safely.
+/// `change` returns an error to abort (the image stays byte-identical).
+pub fn update_reserved<E>(
+    path: &Path,
+    change: impl FnOnce(&mut Reserved) -> std::result::Result<(), E>,
+) -> std::result::Result<Updated, E>
+where
+    E: From<ImageError>,
+{
+    let locked = lock_image(path)?;
+    remove_stale_temps(path);
+    let image = Image::from_file(&locked, path)?;
+    let mut reserved = image.reserved().clone();
+    change(&mut reserved)?;
+    if &reserved == image.reserved() {
+        return Ok(Updated::Unchanged);
+    }
+    let offset = image.footer().reserved_offset;
+    drop(image);
+
+    let mut tmp = temp_in(path)?;
+    let tmp_path = tmp.path().to_owned();
+    let meta = locked.metadata().map_err(|e| ImageError::io(path, e))?;
+    let mut src = &locked;
+    src.seek(SeekFrom::Start(0))
+        .and_then(|_| std::io::copy(&mut src, tmp.as_file_mut()))
+        .map_err(|e| ImageError::io(&tmp_path, e))?;
+    let file = tmp.as_file();
+    // Keep the owner when we may (root editing a user's image); otherwise we are the owner.
+    // Before chmod, since chown clears set-id bits.
+    let _ = std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()));
+    file.write_all_at(&reserved.to_bytes(), offset)
+        .and_then(|_| file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)))
+        .and_then(|_| file.sync_all())
+        .map_err(|e| ImageError::io(&tmp_path, e))?;
+    tmp.persist(path)
+        .map_err(|e| ImageError::io(path, e.error))?;
+    sync_dir(path);
+    Ok(Updated::Changed)
+}

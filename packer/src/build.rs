@@ -1,0 +1,230 @@
+//! `fim build`: root filesystems (directories or tarballs) become one image.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use fim_image::{ImageWriter, read_launcher};
+use fim_layers::{BuildOptions, ContentOrder, DEFAULT_LEVEL, WhiteoutFormat};
+use fim_reserved::{BootCommand, Reserved};
+
+use crate::Whiteouts;
+use crate::progress::Bar;
+use crate::tarball;
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// Root filesystem: a directory or a .tar, .tar.gz, .tar.zst or .tar.xz file. Several
+    /// inputs become several layers, bottom first.
+    #[arg(required = true, value_name = "ROOTFS")]
+    rootfs: Vec<PathBuf>,
+    /// The image to write (replaced atomically if it exists).
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// zstd compression level, 1-22.
+    #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// Uncompressed size of a data block: a power of two from 4K to 64M (suffix K or M).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    block_size: u32,
+    /// Deletion markers to honour in the inputs.
+    #[arg(long, value_enum, default_value = "none")]
+    whiteouts: Whiteouts,
+    /// Order of file contents in the data stream.
+    #[arg(long, value_enum, default_value = "similarity")]
+    order: Order,
+    /// Launcher ELF to put at the head of the image (default: the fim-boot next to fim).
+    #[arg(long, value_name = "FILE")]
+    launcher: Option<PathBuf>,
+    /// The command the image runs by default, with its arguments. Must come last.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROG ARGS")]
+    boot: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Order {
+    /// Group similar files (by extension) so they compress together.
+    Similarity,
+    /// Depth-first path order.
+    Path,
+}
+
+fn parse_size(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let (digits, factor) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1u64 << 20),
+        _ => (t, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 128K, 1M)"))?;
+    let size = n * factor;
+    if !(4096..=64 << 20).contains(&size) || !size.is_power_of_two() {
+        return Err(format!(
+            "block size {text} must be a power of two from 4K to 64M"
+        ));
+    }
+    Ok(size as u32)
+}
+
+fn default_launcher() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the fim executable")?;
+    let candidate = exe.with_file_name("fim-boot");
+    if !candidate.is_file() {
+        bail!(
+            "no launcher: {} does not exist; pass --launcher FILE (tools/build puts one in dist/)",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+pub fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if args.output.is_dir() {
+        bail!(
+            "{} is a directory; -o names the image file to write",
+            args.output.display()
+        );
+    }
+    let launcher_path = match &args.launcher {
+        Some(p) => p.clone(),
+        None => default_launcher()?,
+    };
+    let launcher = read_launcher(&launcher_path)
+        .with_context(|| format!("launcher {}", launcher_path.display()))?;
+
+    let mut reserved = Reserved::new();
+    if let Some(boot) = &args.boot {
+        let (program, rest) = boot.split_first().context("--boot needs a program")?;
+        let command = BootCommand::new(program.clone(), rest.to_vec())
+            .map_err(|e| anyhow::anyhow!("--boot: {e}"))?;
+        reserved
+            .set_boot(Some(&command))
+            .map_err(|e| anyhow::anyhow!("--boot: {e}"))?;
+    }
+
+    let options = BuildOptions {
+        level: args.level,
+        block_size: args.block_size,
+        whiteouts: match args.whiteouts {
+            Whiteouts::None => WhiteoutFormat::None,
+            Whiteouts::Oci => WhiteoutFormat::Oci,
+            Whiteouts::Overlay => WhiteoutFormat::Overlay,
+        },
+        order: match args.order {
+            Order::Similarity => ContentOrder::Similarity,
+            Order::Path => ContentOrder::Path,
+        },
+    };
+
+    let mut writer = ImageWriter::create(&args.output, &launcher, &reserved)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut total_in = 0u64;
+    for (index, input) in args.rootfs.iter().enumerate() {
+        let staged = stage(input, &args.output)?;
+        let bar = Bar::new(&format!("layer {index}"));
+        let stats = writer
+            .add_layer_from_dir(staged.dir(), &options, &bar)
+            .with_context(|| format!("building a layer from {}", input.display()))?;
+        bar.finish();
+        total_in += stats.content_bytes;
+        eprintln!(
+            "fim: layer {index}: {} entries, {} of content ({} unique) -> {}",
+            stats.entries,
+            human(stats.content_bytes),
+            human(stats.unique_bytes),
+            human(stats.layer_size)
+        );
+    }
+    writer
+        .finish()
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let size = std::fs::metadata(&args.output)
+        .with_context(|| format!("{}", args.output.display()))?
+        .len();
+    eprintln!(
+        "fim: built {} ({}, from {} of content) in {:.1} s",
+        args.output.display(),
+        human(size),
+        human(total_in),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A build input as a directory: the directory itself, or a tarball unpacked next to the
+/// output (same file system, not a possibly small /tmp), removed when dropped.
+enum Staged {
+    Dir(PathBuf),
+    Unpacked(tempfile::TempDir),
+}
+
+impl Staged {
+    fn dir(&self) -> &Path {
+        match self {
+            Staged::Dir(p) => p,
+            Staged::Unpacked(t) => t.path(),
+        }
+    }
+}
+
+fn stage(input: &Path, output: &Path) -> anyhow::Result<Staged> {
+    let meta = std::fs::metadata(input).with_context(|| format!("{}", input.display()))?;
+    if meta.is_dir() {
+        return Ok(Staged::Dir(input.to_owned()));
+    }
+    if !meta.is_file() {
+        bail!("{}: not a directory or a tarball", input.display());
+    }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(".fim-rootfs")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+    tarball::unpack(input, dir.path()).with_context(|| format!("unpacking {}", input.display()))?;
+    Ok(Staged::Unpacked(dir))
+}
+
+/// Bytes in binary units, one decimal.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes_and_reject_non_powers_of_two() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("128K"), Ok(128 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("3M").is_err());
+        assert!(parse_size("1K").is_err());
+        assert!(parse_size("128M").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn human_sizes_use_binary_units() {
+        assert_eq!(human(999), "999 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 30), "5.0 GiB");
+    }
+}

@@ -1,0 +1,197 @@
+//! `fim inspect`, `fim verify` and `fim extract`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use fim_image::Image;
+use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES, Stack, extract as extract_stack, hex};
+use serde::Serialize;
+
+use crate::build::human;
+
+#[derive(Serialize)]
+struct Report {
+    path: String,
+    size: u64,
+    format_version: u32,
+    launcher: Part,
+    reserved: ReservedPart,
+    layers: Vec<LayerPart>,
+    trailer: TrailerPart,
+}
+
+#[derive(Serialize)]
+struct Part {
+    offset: u64,
+    size: u64,
+    checksum: String,
+}
+
+#[derive(Serialize)]
+struct ReservedPart {
+    offset: u64,
+    size: u64,
+    fields: fim_reserved::ReservedSummary,
+}
+
+#[derive(Serialize)]
+struct LayerPart {
+    index: usize,
+    offset: u64,
+    size: u64,
+    digest: String,
+    entries: u32,
+    content_size: u64,
+    block_size: u32,
+    blocks: u32,
+    metadata_size: u64,
+}
+
+#[derive(Serialize)]
+struct TrailerPart {
+    table_offset: u64,
+    footer_offset: u64,
+    size: u64,
+}
+
+fn open(path: &Path) -> anyhow::Result<Image> {
+    Image::open(path).with_context(|| format!("{}", path.display()))
+}
+
+pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
+    let image = open(path)?;
+    let f = *image.footer();
+    let cache = BlockCache::new(1 << 20);
+    let mut layers = Vec::new();
+    for (index, e) in image.layer_entries().iter().enumerate() {
+        let layer = image
+            .layer(index, cache.clone())
+            .with_context(|| format!("{}", path.display()))?;
+        let sb = layer.superblock();
+        layers.push(LayerPart {
+            index,
+            offset: e.offset,
+            size: e.size,
+            digest: hex(&e.digest),
+            entries: sb.inode_count,
+            content_size: sb.data_size,
+            block_size: sb.block_size,
+            blocks: sb.block_count,
+            metadata_size: sb.meta_size,
+        });
+    }
+    let report = Report {
+        path: path.display().to_string(),
+        size: image.len(),
+        format_version: fim_image::IMAGE_VERSION,
+        launcher: Part {
+            offset: 0,
+            size: f.launcher_size,
+            checksum: format!("{:016x}", f.launcher_checksum),
+        },
+        reserved: ReservedPart {
+            offset: f.reserved_offset,
+            size: fim_reserved::BLOCK_SIZE as u64,
+            fields: image.reserved().summary(),
+        },
+        layers,
+        trailer: TrailerPart {
+            table_offset: f.table_offset,
+            footer_offset: image.len() - fim_image::FOOTER_SIZE as u64,
+            size: image.len() - f.table_offset,
+        },
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "image      {} ({}, format {})",
+        report.path,
+        human(report.size),
+        report.format_version
+    );
+    println!(
+        "launcher   offset 0, {} bytes, xxh3 {}",
+        report.launcher.size, report.launcher.checksum
+    );
+    println!(
+        "reserved   offset {}, {} bytes",
+        report.reserved.offset, report.reserved.size
+    );
+    let fields = serde_json::to_value(&report.reserved.fields)?;
+    if let serde_json::Value::Object(map) = fields {
+        for (key, value) in map {
+            if key != "regions" {
+                println!("  {key:<12} {value}");
+            }
+        }
+    }
+    for l in &report.layers {
+        println!(
+            "layer {:<4} offset {}, {} ({} bytes), {} entries, {} of content in {} blocks of {}, blake3 {}",
+            l.index,
+            l.offset,
+            human(l.size),
+            l.size,
+            l.entries,
+            human(l.content_size),
+            l.blocks,
+            human(u64::from(l.block_size)),
+            l.digest
+        );
+    }
+    println!(
+        "trailer    offset {}, {} bytes (layer table + footer)",
+        report.trailer.table_offset, report.trailer.size
+    );
+    Ok(())
+}
+
+pub fn verify(path: &Path) -> anyhow::Result<()> {
+    let image = open(path)?;
+    image
+        .verify()
+        .with_context(|| format!("{}", path.display()))?;
+    println!(
+        "ok: {}: launcher, reserved block, {} layer(s) and trailer verified",
+        path.display(),
+        image.layer_entries().len()
+    );
+    Ok(())
+}
+
+pub fn extract(path: &Path, dir: &Path, layer: Option<usize>) -> anyhow::Result<()> {
+    let image = open(path)?;
+    let cache = BlockCache::new(DEFAULT_CACHE_BYTES);
+    let (stack, as_stored) = match layer {
+        Some(n) => {
+            let count = image.layer_entries().len();
+            if n >= count {
+                anyhow::bail!("--layer {n}: the image has {count} layer(s), numbered from 0");
+            }
+            let one = image
+                .layer(n, cache)
+                .with_context(|| format!("{}", path.display()))?;
+            (Stack::new(vec![one])?, true)
+        }
+        None => (
+            image
+                .stack(cache)
+                .with_context(|| format!("{}", path.display()))?,
+            false,
+        ),
+    };
+    let report = extract_stack(&stack, dir, as_stored)
+        .with_context(|| format!("extracting {} into {}", path.display(), dir.display()))?;
+    for w in &report.warnings {
+        eprintln!("fim: warning: {w}");
+    }
+    eprintln!(
+        "fim: extracted {} entries, {} of data into {}",
+        report.entries,
+        human(report.bytes),
+        dir.display()
+    );
+    Ok(())
+}
