@@ -394,6 +394,9 @@ impl Extent {
     }
 }
 
+/// An entry's extended attributes: `(name, value)` pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Encodes an inode's xattrs: repeated `u16 name_len, u32 value_len, name, value`.
 pub fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -407,7 +410,7 @@ pub fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Decodes what [`encode_xattrs`] wrote; any overrun is corruption.
-pub fn decode_xattrs(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LayerError> {
+pub fn decode_xattrs(mut b: &[u8]) -> Result<Xattrs, LayerError> {
     let mut out = Vec::new();
     while !b.is_empty() {
         if b.len() < 6 {

@@ -23,11 +23,14 @@ use crate::stack::{Entry, Stack};
 /// How long the kernel may trust what we told it: the layers are immutable.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A merged directory listing taken at `opendir`.
+type Listing = Arc<Vec<(Vec<u8>, Entry)>>;
+
 /// The FUSE file system over a stack of layers.
 pub struct StackFs {
     stack: Arc<Stack>,
     /// Open directory handles: a merged listing taken at `opendir`.
-    dirs: Mutex<HashMap<u64, Arc<Vec<(Vec<u8>, Entry)>>>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
     next_handle: AtomicU64,
 }
 
@@ -44,7 +47,7 @@ impl StackFs {
         self.stack.entry(ino.0).map_err(to_errno)
     }
 
-    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<(Vec<u8>, Entry)>>> {
+    fn listing(&self, fh: FileHandle) -> Option<Listing> {
         self.dirs.lock().ok()?.get(&fh.0).cloned()
     }
 }

@@ -305,7 +305,7 @@ impl Layer {
         self.meta_vec(self.sb.names_at + inode.a, inode.size as usize)
     }
 
-    pub fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn xattrs(&self, inode: &Inode) -> Result<crate::format::Xattrs> {
         if inode.xattr_len == 0 {
             return Ok(Vec::new());
         }

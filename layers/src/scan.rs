@@ -131,12 +131,13 @@ impl Scanner {
             }
             let meta = fs::symlink_metadata(&path).map_err(|e| LayerError::io(&path, e))?;
             let key = (meta.dev(), meta.ino());
-            if !meta.is_dir() && meta.nlink() > 1 {
-                if let Some(&existing) = self.hardlinks.get(&key) {
-                    self.tree.nodes[existing as usize].nlink += 1;
-                    children.push((name, existing));
-                    continue;
-                }
+            if !meta.is_dir()
+                && meta.nlink() > 1
+                && let Some(&existing) = self.hardlinks.get(&key)
+            {
+                self.tree.nodes[existing as usize].nlink += 1;
+                children.push((name, existing));
+                continue;
             }
             let node = self.node_for(&path, &meta)?;
             let is_dir = node.mode & S_IFMT == S_IFDIR;
@@ -242,7 +243,7 @@ impl Scanner {
 
 use std::os::unix::ffi::OsStringExt;
 
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_xattrs(path: &Path) -> Result<crate::format::Xattrs> {
     let names = match xattr::list(path) {
         Ok(names) => names,
         // File systems without xattr support simply have none.

@@ -69,10 +69,10 @@ impl Stack {
         if dir == ROOT {
             return Ok(self.root.clone());
         }
-        if let Ok(map) = self.merged.read() {
-            if let Some(s) = map.get(&dir) {
-                return Ok(s.clone());
-            }
+        if let Ok(map) = self.merged.read()
+            && let Some(s) = map.get(&dir)
+        {
+            return Ok(s.clone());
         }
         let (layer, ino) = self.checked_split(dir)?;
         Ok(Arc::from([(layer, ino)]))
@@ -131,12 +131,11 @@ impl Stack {
                 break;
             }
         }
-        if let Some(entry) = &found {
-            if dirs.len() > 1 {
-                if let Ok(mut map) = self.merged.write() {
-                    map.insert(entry.id, dirs.into());
-                }
-            }
+        if let Some(entry) = &found
+            && dirs.len() > 1
+            && let Ok(mut map) = self.merged.write()
+        {
+            map.insert(entry.id, dirs.into());
         }
         Ok(found)
     }
@@ -191,7 +190,7 @@ impl Stack {
         self.layers[entry.layer].read_link(&entry.inode)
     }
 
-    pub fn xattrs(&self, entry: &Entry) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn xattrs(&self, entry: &Entry) -> Result<crate::format::Xattrs> {
         self.layers[entry.layer].xattrs(&entry.inode)
     }
 

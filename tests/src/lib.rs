@@ -1,1 +1,23 @@
-//! placeholder
+//! Shared helpers of the end-to-end tests (`tests/tests/*.rs`).
+//!
+//! - [`bins`]: where the built `fim` and `fim-boot` are (`FIM_DIST`, default `dist/`).
+//! - [`run`]: running a command and checking how it ended.
+//! - [`tree`]: exact snapshots of a directory tree and a readable diff between two.
+//! - [`mount`]: `fim mount` in the background, always unmounted at the end.
+//! - [`fsutil`]: creating the odd entries a root filesystem can hold (devices, owners,
+//!   nanosecond mtimes), prerequisites (root, FUSE, tools) and a seeded random generator.
+//! - [`image`]: building images and reading where their parts are (`fim inspect --json`).
+
+pub mod bins;
+pub mod fsutil;
+pub mod image;
+pub mod mount;
+pub mod run;
+pub mod tree;
+
+pub use bins::{dist_dir, fim_boot_path, fim_path};
+pub use fsutil::{Rng, is_root, put, require_fuse, require_root, skip, tempdir, which};
+pub use image::{Layout, build, build_with, layout};
+pub use mount::Mount;
+pub use run::{Output, fim, run};
+pub use tree::{Tree, assert_same_tree, diff, snapshot};

@@ -1,0 +1,99 @@
+//! Running commands and checking how they ended.
+
+use std::ffi::OsStr;
+use std::process::{Command, ExitStatus};
+
+use crate::bins::fim_path;
+
+/// How a finished command ended, with its output (decoded lossily as UTF-8).
+#[derive(Debug)]
+pub struct Output {
+    /// The command, for messages.
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Exit status of every failure of `fim` and of the launcher.
+pub const FAILURE: i32 = 125;
+
+impl Output {
+    /// The exit code, `None` when killed by a signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panics unless the command succeeded.
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(
+            self.success(),
+            "`{}` failed ({}):\nstdout: {}\nstderr: {}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed the way every failure of `fim` and of the
+    /// launcher must: exit status 125, exactly one line on stderr starting with
+    /// `prefix`, and no panic message.
+    #[track_caller]
+    pub fn assert_clean_failure(&self, prefix: &str) -> &Self {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert!(
+            self.code() == Some(FAILURE)
+                && lines.len() == 1
+                && lines[0].starts_with(prefix)
+                && lines[0].len() > prefix.len()
+                && !self.stderr.contains("panicked"),
+            "`{}` should fail with status {FAILURE} and one line on stderr starting with \
+             {prefix:?}; got {}:\nstdout: {}\nstderr: {}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `cmd` to completion, capturing its output. A spawn that fails with `ETXTBSY` (an
+/// executable we just wrote, briefly held open by a fork in another test thread) is
+/// retried; any other spawn failure panics with the command.
+pub fn run(cmd: &mut Command) -> Output {
+    let command = format!("{cmd:?}");
+    let mut attempts = 0;
+    let out = loop {
+        match cmd.output() {
+            Ok(out) => break out,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot run {command}: {e}"),
+        }
+    };
+    Output {
+        command,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `fim ARGS...` (the packer from [`fim_path`]).
+pub fn fim<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(Command::new(fim_path()).args(args))
+}
