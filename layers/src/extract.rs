@@ -188,8 +188,8 @@ impl Extractor<'_> {
             }
         }
         let t = libc::timespec {
-            tv_sec: inode.mtime_sec as libc::time_t,
-            tv_nsec: inode.mtime_nsec as libc::c_long,
+            tv_sec: inode.mtime_sec as _,
+            tv_nsec: inode.mtime_nsec as _,
         };
         let times = [t, t];
         // SAFETY: valid path and a two-element timespec array.

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -29,17 +28,20 @@ type Listing = Arc<Vec<(Vec<u8>, Entry)>>;
 /// The FUSE file system over a stack of layers.
 pub struct StackFs {
     stack: Arc<Stack>,
-    /// Open directory handles: a merged listing taken at `opendir`.
-    dirs: Mutex<HashMap<u64, Listing>>,
-    next_handle: AtomicU64,
+    /// Merged listings by directory. Layers are immutable, so a listing never goes stale;
+    /// it is computed on the first `readdir`, not at `opendir`, which the kernel sends
+    /// even when it serves the entries from its own cache.
+    listings: Mutex<HashMap<u64, Listing>>,
 }
+
+/// Listings kept at most; beyond it the cache starts over (cheap to recompute).
+const MAX_LISTINGS: usize = 4096;
 
 impl StackFs {
     pub fn new(stack: Arc<Stack>) -> Self {
         StackFs {
             stack,
-            dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -47,8 +49,23 @@ impl StackFs {
         self.stack.entry(ino.0).map_err(to_errno)
     }
 
-    fn listing(&self, fh: FileHandle) -> Option<Listing> {
-        self.dirs.lock().ok()?.get(&fh.0).cloned()
+    fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
+        if let Some(l) = self
+            .listings
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&ino.0).cloned())
+        {
+            return Ok(l);
+        }
+        let listing: Listing = Arc::new(self.stack.read_dir(ino.0).map_err(to_errno)?);
+        if let Ok(mut map) = self.listings.lock() {
+            if map.len() >= MAX_LISTINGS {
+                map.clear();
+            }
+            map.insert(ino.0, listing.clone());
+        }
+        Ok(listing)
     }
 }
 
@@ -182,18 +199,13 @@ impl Filesystem for StackFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.stack.read_dir(ino.0) {
-            Ok(listing) => {
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut dirs) = self.dirs.lock() {
-                    dirs.insert(fh, Arc::new(listing));
-                }
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                );
-            }
-            Err(e) => reply.error(to_errno(e)),
+        match self.entry(ino) {
+            Ok(e) if e.inode.is_dir() => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -201,12 +213,13 @@ impl Filesystem for StackFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(listing) = self.listing(fh) else {
-            return reply.error(Errno::EBADF);
+        let listing = match self.listing(ino) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         let dots = [(b".".as_slice(), ino.0, FileType::Directory); 2];
         let mut index = offset as usize;
@@ -236,12 +249,13 @@ impl Filesystem for StackFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(listing) = self.listing(fh) else {
-            return reply.error(Errno::EBADF);
+        let listing = match self.listing(ino) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         let this = match self.entry(ino) {
             Ok(e) => e,
@@ -274,20 +288,6 @@ impl Filesystem for StackFs {
                 break;
             }
             index += 1;
-        }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        if let Ok(mut dirs) = self.dirs.lock() {
-            dirs.remove(&fh.0);
         }
         reply.ok();
     }
@@ -370,7 +370,7 @@ fn config(settings: &MountSettings) -> Config {
         config.acl = fuser::SessionACL::All;
     }
     let threads = if settings.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
+        crate::reader::cpu_count()
     } else {
         settings.threads
     };

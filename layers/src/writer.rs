@@ -1,7 +1,7 @@
 //! Writes a scanned tree as a layer: content packed into a solid, deduplicated stream of
 //! zstd blocks compressed on all cores, then the metadata stream in compressed pages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -365,39 +365,72 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(done)
 }
 
-/// Receives blocks in order, compresses them in parallel batches, writes them in order.
+/// Receives blocks in order, compresses up to two per core at once on the rayon pool,
+/// and writes the results in order as they complete.
 fn compress_blocks(
     rx: Receiver<Vec<u8>>,
     sink: &mut HashingWriter<'_>,
     level: i32,
 ) -> Result<Vec<TableEntry>> {
-    let batch_size = rayon::current_num_threads() * 2;
+    let window = rayon::current_num_threads() * 2;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, usize, Result<Vec<u8>>)>();
+    let mut pending: BTreeMap<usize, (usize, Vec<u8>)> = BTreeMap::new();
     let mut entries = Vec::new();
-    let mut batch = Vec::with_capacity(batch_size);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < batch_size {
-            match rx.try_recv() {
-                Ok(block) => batch.push(block),
-                Err(_) => break,
+    let (mut submitted, mut received) = (0usize, 0usize);
+    let mut input_open = true;
+    loop {
+        if input_open && submitted - received < window {
+            match rx.recv() {
+                Ok(block) => {
+                    let tx = done_tx.clone();
+                    let index = submitted;
+                    rayon::spawn(move || {
+                        let packed = compress(&block, level);
+                        let _ = tx.send((index, block.len(), packed));
+                    });
+                    submitted += 1;
+                    continue;
+                }
+                Err(_) => input_open = false,
             }
         }
-        let compressed = compress_all(&batch, level)?;
-        for (raw, packed) in batch.iter().zip(compressed) {
-            entries.push(write_block(sink, raw.len(), &packed)?);
+        if received == submitted {
+            break;
         }
-        batch.clear();
+        let (index, raw_len, packed) = done_rx
+            .recv()
+            .map_err(|_| LayerError::Unsupported("compression worker vanished".into()))?;
+        received += 1;
+        pending.insert(index, (raw_len, packed?));
+        while let Some((raw_len, packed)) = pending.remove(&entries.len()) {
+            entries.push(write_block(sink, raw_len, &packed)?);
+        }
     }
     Ok(entries)
 }
 
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses one block with a per-thread zstd context (contexts are costly at high levels).
+fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    let err = |e| LayerError::other("zstd compression", e);
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(raw).map_err(err),
+            None => Err(LayerError::Unsupported("no zstd context".into())),
+        }
+    })
+}
+
 fn compress_all(blocks: &[Vec<u8>], level: i32) -> Result<Vec<Vec<u8>>> {
-    blocks
-        .par_iter()
-        .map(|raw| {
-            zstd::bulk::compress(raw, level).map_err(|e| LayerError::other("zstd compression", e))
-        })
-        .collect()
+    blocks.par_iter().map(|raw| compress(raw, level)).collect()
 }
 
 fn write_block(sink: &mut HashingWriter<'_>, raw_len: usize, packed: &[u8]) -> Result<TableEntry> {

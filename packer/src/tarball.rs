@@ -149,7 +149,7 @@ fn special<R: Read>(entry: &tar::Entry<R>, path: &Path, is_root: bool) -> anyhow
 fn set_mtime(path: &Path, mtime: i64) -> anyhow::Result<()> {
     let c = cstr(path)?;
     let t = libc::timespec {
-        tv_sec: mtime as libc::time_t,
+        tv_sec: mtime as _,
         tv_nsec: 0,
     };
     // SAFETY: valid path and a two-element timespec array.

@@ -73,16 +73,14 @@ impl Mount {
             if is_mounted(dir) {
                 return mount;
             }
-            if let Some(child) = mount.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    mount.child = None;
-                    panic!(
-                        "fim mount {} {} exited ({status}) before mounting: {}",
-                        image.display(),
-                        dir.display(),
-                        mount.log_text()
-                    );
-                }
+            if let Some(Ok(Some(status))) = mount.child.as_mut().map(Child::try_wait) {
+                mount.child = None;
+                panic!(
+                    "fim mount {} {} exited ({status}) before mounting: {}",
+                    image.display(),
+                    dir.display(),
+                    mount.log_text()
+                );
             }
             if start.elapsed() > Duration::from_secs(10) {
                 panic!(
@@ -110,12 +108,17 @@ impl Mount {
 
     /// Stops the mount with SIGTERM and checks it ends as documented: exit status 0 and
     /// the directory unmounted. Returns what `fim mount` wrote on stderr.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Like [`Mount::stop`], with signal `sig` (SIGINT, SIGTERM or SIGHUP).
+    pub fn stop_with(mut self, sig: libc::c_int) -> String {
         let mut child = self
             .child
             .take()
             .unwrap_or_else(|| panic!("fim mount already stopped"));
-        signal(&child, libc::SIGTERM);
+        signal(&child, sig);
         let status = wait_for(&mut child, Duration::from_secs(10));
         if status.is_none() {
             signal(&child, libc::SIGKILL);
@@ -124,7 +127,7 @@ impl Mount {
         let log = self.log_text();
         assert!(
             status.is_some_and(|s| s.success()),
-            "fim mount should exit 0 on SIGTERM, got {status:?}: {log}"
+            "fim mount should exit 0 on signal {sig}, got {status:?}: {log}"
         );
         assert!(
             !is_mounted(&self.dir),

@@ -216,16 +216,49 @@ const CHUNK: u64 = 64 * 1024;
 /// Bytes read at once.
 const WINDOW: u64 = 4 << 20;
 
+/// `statfs` type of FUSE file systems.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// Files at least this big on FUSE are read with `O_DIRECT`: large requests straight to
+/// the server instead of page-cache readahead, several times faster for gigabytes.
+const DIRECT_MIN: u64 = 64 << 20;
+
+fn is_fuse(file: &File) -> bool {
+    // SAFETY: fstatfs fills a zeroed struct for a descriptor we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC
+    }
+}
+
+/// Whether a buffer holds only zeros (written to vectorise: no early exit).
+fn all_zero(buf: &[u8]) -> bool {
+    buf.iter().fold(0u8, |acc, &b| acc | b) == 0
+}
+
 /// Hash of a file's logical content that does not depend on where its holes are: the
 /// size, then every 64 KiB chunk that is not all zeros, with its offset. Only the data
 /// regions reported by `SEEK_DATA`/`SEEK_HOLE` are read (file systems without hole
 /// reporting are read in full), so a 5 GiB file that is mostly holes hashes quickly.
 pub fn content_hash(path: &Path, size: u64) -> blake3::Hash {
-    let file = die(File::open(path), "open", path);
+    let mut file = die(File::open(path), "open", path);
+    if size >= DIRECT_MIN && is_fuse(&file) {
+        use std::os::unix::fs::OpenOptionsExt;
+        file = die(
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path),
+            "open (O_DIRECT)",
+            path,
+        );
+    }
     let fd = file.as_raw_fd();
     let mut hasher = blake3::Hasher::new();
     hasher.update(&size.to_le_bytes());
-    let mut buf = vec![0u8; WINDOW as usize];
+    // Page-aligned, as O_DIRECT may require.
+    let mut storage = vec![0u8; WINDOW as usize + 4096];
+    let skip = storage.as_ptr().align_offset(4096);
+    let buf = &mut storage[skip..skip + WINDOW as usize];
     let mut pos = 0u64;
     while pos < size {
         // SAFETY: lseek on a descriptor we own.
@@ -253,7 +286,7 @@ pub fn content_hash(path: &Path, size: u64) -> blake3::Hash {
             let len = WINDOW.min(end - at) as usize;
             die(file.read_exact_at(&mut buf[..len], at), "read", path);
             for (i, chunk) in buf[..len].chunks(CHUNK as usize).enumerate() {
-                if chunk.iter().any(|&b| b != 0) {
+                if !all_zero(chunk) {
                     hasher.update(&(at + i as u64 * CHUNK).to_le_bytes());
                     hasher.update(chunk);
                 }
@@ -275,7 +308,7 @@ impl fmt::Display for Octal {
 fn show_xattrs(x: &[(Vec<u8>, Vec<u8>)]) -> String {
     let parts: Vec<String> = x
         .iter()
-        .map(|(n, v)| format!("{}={}", show(n), show(v)))
+        .map(|(n, v)| format!("{}=\"{}\"", show(n), v.escape_ascii()))
         .collect();
     format!("[{}]", parts.join(", "))
 }
