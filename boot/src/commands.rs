@@ -1,6 +1,7 @@
 //! Dispatch of `argv[1]`: the `fim-*` commands; anything else runs the boot command.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -54,9 +55,20 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Path of the running image.
+/// Path of the running image. When a change renamed a new image over the one that is
+/// running, the kernel reports `PATH (deleted)`; PATH then names the new image, which is
+/// the one to read and change.
 fn self_path() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot find the path of the running executable")
+    let exe = std::fs::read_link("/proc/self/exe")
+        .context("cannot find the path of the running executable (is /proc mounted?)")?;
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let bytes = exe.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(stripped) => Ok(PathBuf::from(OsStr::from_bytes(stripped))),
+        None => Ok(exe),
+    }
 }
 
 /// The running image, with a clear message when this launcher carries no payload.
@@ -69,7 +81,8 @@ fn self_image() -> anyhow::Result<Image> {
             "{} carries no image (a bare launcher, or a truncated image): build one with `fim build`",
             path.display()
         ),
-        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+        Err(e @ ImageError::Io { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(path.display().to_string())),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Typed errors of the image container.
+//! Typed errors of the image container. A variant's message is its own context only;
+//! the underlying error is its `source`, so `{:#}` (anyhow) prints each part once.
 
 use std::path::PathBuf;
 
@@ -10,15 +11,15 @@ pub enum ImageError {
     /// The container structure is damaged; the message names the part.
     #[error("corrupt image: {0}")]
     Corrupt(String),
-    #[error("layer {index}: {source}")]
+    #[error("layer {index}")]
     Layer {
         index: usize,
         #[source]
         source: fim_layers::LayerError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Reserved(#[from] fim_reserved::ReservedError),
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -1,4 +1,5 @@
-//! Typed errors of the layer crate.
+//! Typed errors of the layer crate. A variant's message is its own context only; the
+//! underlying error is its `source`, so `{:#}` (anyhow) prints each part once.
 
 use std::path::PathBuf;
 
@@ -9,14 +10,14 @@ pub enum LayerError {
     #[error("corrupt layer: {0}")]
     Corrupt(String),
     /// An I/O operation on a named path failed.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// An I/O operation without a meaningful path failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Other {
         context: String,
         #[source]

@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 
 use crate::error::LayerError;
@@ -66,6 +66,33 @@ impl StackFs {
             map.insert(ino.0, listing.clone());
         }
         Ok(listing)
+    }
+}
+
+/// `SEEK_DATA`/`SEEK_HOLE` over a file's data runs, so tools can skip holes.
+fn seek_data_or_hole(runs: &[(u64, u64)], size: u64, offset: i64, whence: i32) -> Result<i64, i32> {
+    let Ok(start) = u64::try_from(offset) else {
+        return Err(libc::ENXIO);
+    };
+    if start >= size {
+        return Err(libc::ENXIO);
+    }
+    match whence {
+        libc::SEEK_DATA => runs
+            .iter()
+            .find(|(at, len)| at + len > start)
+            .map(|(at, _)| (*at).max(start) as i64)
+            .ok_or(libc::ENXIO),
+        libc::SEEK_HOLE => {
+            let mut pos = start;
+            for (at, len) in runs {
+                if *at <= pos && pos < at + len {
+                    pos = at + len;
+                }
+            }
+            Ok(pos.min(size) as i64)
+        }
+        _ => Err(libc::EINVAL),
     }
 }
 
@@ -195,6 +222,29 @@ impl Filesystem for StackFs {
         match self.stack.read(&entry, offset, &mut buf) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let entry = match self.entry(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let runs = match self.stack.data_runs(&entry) {
+            Ok(r) => r,
+            Err(e) => return reply.error(to_errno(e)),
+        };
+        match seek_data_or_hole(&runs, entry.inode.size, offset, whence) {
+            Ok(pos) => reply.offset(pos),
+            Err(errno) => reply.error(Errno::from_i32(errno)),
         }
     }
 
@@ -397,4 +447,49 @@ pub fn mount(
     settings: &MountSettings,
 ) -> std::io::Result<fuser::BackgroundSession> {
     fuser::spawn_mount(StackFs::new(stack), mountpoint, &config(settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seek_data_or_hole;
+
+    const RUNS: [(u64, u64); 2] = [(100, 50), (150, 10)];
+
+    #[test]
+    fn seek_data_skips_leading_hole_and_stays_inside_data() {
+        assert_eq!(seek_data_or_hole(&RUNS, 1000, 0, libc::SEEK_DATA), Ok(100));
+        assert_eq!(
+            seek_data_or_hole(&RUNS, 1000, 120, libc::SEEK_DATA),
+            Ok(120)
+        );
+        assert_eq!(
+            seek_data_or_hole(&RUNS, 1000, 200, libc::SEEK_DATA),
+            Err(libc::ENXIO)
+        );
+    }
+
+    #[test]
+    fn seek_hole_follows_adjacent_runs_and_ends_at_size() {
+        assert_eq!(
+            seek_data_or_hole(&RUNS, 1000, 100, libc::SEEK_HOLE),
+            Ok(160)
+        );
+        assert_eq!(seek_data_or_hole(&RUNS, 1000, 10, libc::SEEK_HOLE), Ok(10));
+        assert_eq!(
+            seek_data_or_hole(&[(0, 1000)], 1000, 5, libc::SEEK_HOLE),
+            Ok(1000)
+        );
+    }
+
+    #[test]
+    fn seek_past_end_or_negative_is_enxio() {
+        assert_eq!(
+            seek_data_or_hole(&RUNS, 1000, 1000, libc::SEEK_HOLE),
+            Err(libc::ENXIO)
+        );
+        assert_eq!(
+            seek_data_or_hole(&RUNS, 1000, -1, libc::SEEK_DATA),
+            Err(libc::ENXIO)
+        );
+    }
 }

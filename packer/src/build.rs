@@ -88,6 +88,10 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             args.output.display()
         );
     }
+    // Every input checked before any work, so a typo fails at once.
+    for input in &args.rootfs {
+        std::fs::metadata(input).with_context(|| format!("{}", input.display()))?;
+    }
     let launcher_path = match &args.launcher {
         Some(p) => p.clone(),
         None => default_launcher()?,

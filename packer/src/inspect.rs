@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use fim_image::Image;
+use fim_image::{Image, ImageError};
 use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES, Stack, extract as extract_stack, hex};
 use serde::Serialize;
 
@@ -54,8 +54,16 @@ struct TrailerPart {
     size: u64,
 }
 
-fn open(path: &Path) -> anyhow::Result<Image> {
-    Image::open(path).with_context(|| format!("{}", path.display()))
+/// Names the image in an error, unless the error already names a path.
+pub fn in_image(path: &Path, e: ImageError) -> anyhow::Error {
+    match e {
+        ImageError::Io { .. } => e.into(),
+        other => anyhow::Error::new(other).context(path.display().to_string()),
+    }
+}
+
+pub fn open(path: &Path) -> anyhow::Result<Image> {
+    Image::open(path).map_err(|e| in_image(path, e))
 }
 
 pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
@@ -66,7 +74,7 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
     for (index, e) in image.layer_entries().iter().enumerate() {
         let layer = image
             .layer(index, cache.clone())
-            .with_context(|| format!("{}", path.display()))?;
+            .map_err(|e| in_image(path, e))?;
         let sb = layer.superblock();
         layers.push(LayerPart {
             index,
@@ -150,9 +158,7 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
 
 pub fn verify(path: &Path) -> anyhow::Result<()> {
     let image = open(path)?;
-    image
-        .verify()
-        .with_context(|| format!("{}", path.display()))?;
+    image.verify().map_err(|e| in_image(path, e))?;
     println!(
         "ok: {}: launcher, reserved block, {} layer(s) and trailer verified",
         path.display(),
@@ -170,17 +176,10 @@ pub fn extract(path: &Path, dir: &Path, layer: Option<usize>) -> anyhow::Result<
             if n >= count {
                 anyhow::bail!("--layer {n}: the image has {count} layer(s), numbered from 0");
             }
-            let one = image
-                .layer(n, cache)
-                .with_context(|| format!("{}", path.display()))?;
+            let one = image.layer(n, cache).map_err(|e| in_image(path, e))?;
             (Stack::new(vec![one])?, true)
         }
-        None => (
-            image
-                .stack(cache)
-                .with_context(|| format!("{}", path.display()))?,
-            false,
-        ),
+        None => (image.stack(cache).map_err(|e| in_image(path, e))?, false),
     };
     let report = extract_stack(&stack, dir, as_stored)
         .with_context(|| format!("extracting {} into {}", path.display(), dir.display()))?;

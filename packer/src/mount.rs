@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use fim_image::Image;
 use fim_layers::fuse::{MountSettings, session};
 use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES};
 
@@ -22,10 +21,10 @@ fn stop_signals() -> libc::sigset_t {
 }
 
 pub fn run(image_path: &Path, dir: &Path, allow_other: bool) -> anyhow::Result<()> {
-    let image = Image::open(image_path).with_context(|| format!("{}", image_path.display()))?;
+    let image = crate::inspect::open(image_path)?;
     let stack = image
         .stack(BlockCache::new(DEFAULT_CACHE_BYTES))
-        .with_context(|| format!("{}", image_path.display()))?;
+        .map_err(|e| crate::inspect::in_image(image_path, e))?;
     if !dir.is_dir() {
         anyhow::bail!("{}: mount point is not a directory", dir.display());
     }

@@ -51,33 +51,114 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
     archive.set_preserve_ownerships(is_root);
     archive.set_overwrite(true);
 
-    let mut dir_mtimes: Vec<(PathBuf, i64)> = Vec::new();
+    // Directories get their xattrs and mtimes last: the tar crate sets no xattrs on
+    // directories, and unpacking their contents would change their mtimes.
+    let mut dirs: Vec<(PathBuf, Pax)> = Vec::new();
     let mut count = 0u64;
     for entry in archive.entries().context("not a tar archive")? {
         let mut entry = entry.context("damaged tar entry")?;
         count += 1;
         let kind = entry.header().entry_type();
         let rel = sanitize(&entry.path()?)?;
+        let path = dest.join(&rel);
+        let pax = Pax::read(&mut entry)?;
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            special(&entry, &dest.join(&rel), is_root)?;
+            special(&entry, &path, is_root)?;
+            set_mtime(&path, pax.mtime)?;
             continue;
-        }
-        if kind.is_dir() {
-            dir_mtimes.push((dest.join(&rel), entry.header().mtime()? as i64));
         }
         entry
             .unpack_in(dest)
             .with_context(|| format!("unpacking {}", rel.display()))?;
+        if kind.is_dir() {
+            dirs.push((path, pax));
+        } else if !kind.is_hard_link() {
+            // The tar crate keeps whole, non-negative seconds only; pax has nanoseconds.
+            set_mtime(&path, pax.mtime)?;
+        }
     }
     if count == 0 {
         bail!("the archive is empty or not a tar archive");
     }
     // Deepest first, so setting a parent's mtime comes after its children are in place.
-    dir_mtimes.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (path, mtime) in dir_mtimes {
-        set_mtime(&path, mtime)?;
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (path, pax) in dirs {
+        for (name, value) in &pax.xattrs {
+            xattr::set(&path, name, value)
+                .with_context(|| format!("setting xattr {name} on {}", path.display()))?;
+        }
+        set_mtime(&path, pax.mtime)?;
     }
     Ok(())
+}
+
+/// What an entry's header and pax records say beyond what the tar crate applies.
+struct Pax {
+    /// Seconds and nanoseconds; may be before 1970.
+    mtime: (i64, u32),
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Pax {
+    fn read<R: Read>(entry: &mut tar::Entry<R>) -> anyhow::Result<Self> {
+        let mut pax = Pax {
+            mtime: (entry.header().mtime().unwrap_or(0) as i64, 0),
+            xattrs: Vec::new(),
+        };
+        if let Some(records) = entry.pax_extensions()? {
+            for record in records {
+                let Ok(record) = record else {
+                    // The tar crate splits records on newlines, so a value holding one
+                    // (an xattr) cannot be read; keep what came before it.
+                    let path = entry
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    eprintln!("fim: warning: {path}: unreadable pax record skipped");
+                    break;
+                };
+                let Ok(key) = record.key() else { continue };
+                if key == "mtime" {
+                    if let Some(t) = std::str::from_utf8(record.value_bytes())
+                        .ok()
+                        .and_then(parse_pax_time)
+                    {
+                        pax.mtime = t;
+                    }
+                } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    pax.xattrs
+                        .push((name.to_owned(), record.value_bytes().to_vec()));
+                }
+            }
+        }
+        Ok(pax)
+    }
+}
+
+/// Parses a pax time such as `1577836800.123456789` or `-1.5` into seconds and nanoseconds.
+fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let secs: i64 = whole.parse().ok()?;
+    if !fraction.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut nanos_text: String = fraction.chars().take(9).collect();
+    while nanos_text.len() < 9 {
+        nanos_text.push('0');
+    }
+    let nanos: u32 = nanos_text.parse().ok()?;
+    if !negative {
+        return Some((secs, nanos));
+    }
+    if nanos == 0 {
+        Some((-secs, 0))
+    } else {
+        Some((-secs - 1, 1_000_000_000 - nanos))
+    }
 }
 
 /// The entry path relative to the root; `..` components are refused, as tar does.
@@ -143,14 +224,14 @@ fn special<R: Read>(entry: &tar::Entry<R>, path: &Path, is_root: bool) -> anyhow
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("chmod {}", path.display()));
     }
-    set_mtime(path, h.mtime()? as i64)
+    Ok(())
 }
 
-fn set_mtime(path: &Path, mtime: i64) -> anyhow::Result<()> {
+fn set_mtime(path: &Path, (secs, nanos): (i64, u32)) -> anyhow::Result<()> {
     let c = cstr(path)?;
     let t = libc::timespec {
-        tv_sec: mtime as _,
-        tv_nsec: 0,
+        tv_sec: secs as _,
+        tv_nsec: nanos as _,
     };
     // SAFETY: valid path and a two-element timespec array.
     let rc = unsafe {
@@ -179,6 +260,21 @@ mod tests {
         assert_eq!(sniff(b"\xfd7zXZ\0"), Compression::Xz);
         assert_eq!(sniff(b"usr/\0\0"), Compression::None);
         assert_eq!(sniff(b""), Compression::None);
+    }
+
+    #[test]
+    fn pax_times_keep_nanoseconds_and_dates_before_1970() {
+        assert_eq!(
+            parse_pax_time("1577836800.123456789"),
+            Some((1_577_836_800, 123_456_789))
+        );
+        assert_eq!(parse_pax_time("12"), Some((12, 0)));
+        assert_eq!(parse_pax_time("1.5"), Some((1, 500_000_000)));
+        assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(parse_pax_time("-86400"), Some((-86_400, 0)));
+        assert_eq!(parse_pax_time("1.1234567891"), Some((1, 123_456_789)));
+        assert_eq!(parse_pax_time("x"), None);
+        assert_eq!(parse_pax_time("1.x"), None);
     }
 
     #[test]

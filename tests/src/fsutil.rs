@@ -21,7 +21,10 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// Reports on stderr that a test did not run, and why.
 pub fn skip(reason: &str) {
-    eprintln!("skipped: {reason}");
+    // Straight to stderr: `eprintln!` output of a passing test is captured by the test
+    // harness and never shown.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
 }
 
 /// Whether the tests run as root (device nodes, other owners, `trusted.*` xattrs).

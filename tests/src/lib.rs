@@ -5,7 +5,8 @@
 //! - [`tree`]: exact snapshots of a directory tree and a readable diff between two.
 //! - [`mount`]: `fim mount` in the background, always unmounted at the end.
 //! - [`fsutil`]: creating the odd entries a root filesystem can hold (devices, owners,
-//!   nanosecond mtimes), prerequisites (root, FUSE, tools) and a seeded random generator.
+//!   nanosecond mtimes), prerequisites (root, FUSE, tools; `skip` prints `skipped: ...`)
+//!   and a seeded random generator.
 //! - [`image`]: building images and reading where their parts are (`fim inspect --json`).
 
 pub mod bins;

@@ -112,17 +112,20 @@ fn le_u32(b: &[u8], at: u64) -> u64 {
     ))
 }
 
-/// `(absolute offset, compressed size)` of each data block and each metadata page of the
-/// layer at `base`, read from its superblock and tables (layout of docs: superblock
-/// fields at 40 block table offset, 48 block count, 52 page count, 56 meta table offset;
-/// 24-byte table entries holding offset (from the layer start) and compressed size).
+/// Where the parts of one layer are (absolute offsets).
 struct LayerParts {
+    /// `(offset, compressed size)` of each data block.
     blocks: Vec<(u64, u64)>,
+    /// `(offset, compressed size)` of each metadata page.
     pages: Vec<(u64, u64)>,
     block_table: u64,
     meta_table: u64,
 }
 
+/// Reads the parts of the layer at `base` from its superblock and tables, as
+/// `layers/src/format.rs` lays them out: superblock fields at 40 (block table offset),
+/// 48 (block count), 52 (page count), 56 (meta table offset); 24-byte table entries
+/// holding the offset from the layer start (u64) and the compressed size (u32).
 fn layer_parts(b: &[u8], base: u64) -> LayerParts {
     let block_table = base + le_u64(b, base + 40);
     let blocks = le_u32(b, base + 48);
