@@ -149,7 +149,8 @@ fn overlay(args: &[OsString]) -> anyhow::Result<ExitCode> {
             let updated = update_reserved(&path, |r| {
                 r.set_overlay(Some(overlay));
                 Ok::<(), anyhow::Error>(())
-            })?;
+            })
+            .context("fim-overlay set: cannot write the changed image next to the old one")?;
             if updated == Updated::Unchanged {
                 debug::log("overlay already set; image unchanged");
             }
