@@ -70,7 +70,11 @@ impl Image {
             .chunks_exact(LAYER_ENTRY_SIZE)
             .map(LayerEntry::decode)
             .collect::<Result<Vec<_>>>()?;
-        let reserved_end = footer.reserved_offset + fim_reserved::BLOCK_SIZE as u64;
+        let reserved_end = footer
+            .reserved_offset
+            .checked_add(fim_reserved::BLOCK_SIZE as u64)
+            .filter(|&end| end <= footer.table_offset)
+            .ok_or_else(|| ImageError::corrupt("reserved block extends past the layer table"))?;
         let mut expected_start = reserved_end.next_multiple_of(ALIGN);
         for (index, l) in layers.iter().enumerate() {
             let end = l.offset.checked_add(l.size);

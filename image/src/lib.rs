@@ -13,3 +13,6 @@ pub use error::{ImageError, Result};
 pub use image::Image;
 pub use trailer::{ALIGN, FOOTER_SIZE, Footer, IMAGE_VERSION, LAYER_ENTRY_SIZE, LayerEntry};
 pub use write::{ImageWriter, Updated, read_launcher, update_reserved};
+
+#[cfg(test)]
+mod tests;

@@ -386,6 +386,7 @@ impl Layer {
             return Err(LayerError::corrupt("data reference past the end"));
         }
         self.cache.cache.get_or_insert_with(&(self.id, index), || {
+            self.prefetch_after(index);
             let e = self.block_entry(index);
             let expected = (self.sb.data_size - u64::from(index) * u64::from(self.sb.block_size))
                 .min(u64::from(self.sb.block_size));
@@ -396,6 +397,25 @@ impl Layer {
             }
             Ok(self.load(e, "data block", index)?.into())
         })
+    }
+
+    /// Asks the kernel to start reading the next blocks' compressed bytes, so a sequential
+    /// read from a cold cache overlaps disk reads with decompression.
+    fn prefetch_after(&self, index: u32) {
+        const AHEAD: u32 = 2;
+        let first = index + 1;
+        let last = (index + AHEAD).min(self.sb.block_count.saturating_sub(1));
+        if first > last {
+            return;
+        }
+        let (a, b) = (self.block_entry(first), self.block_entry(last));
+        let start = self.base + a.offset as usize;
+        let end = self.base + (b.offset + u64::from(b.compressed_size)) as usize;
+        if end > start {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::WillNeed, start, end - start);
+        }
     }
 
     /// Copies data-stream bytes `[offset, offset + out.len())` into `out`.
