@@ -137,7 +137,10 @@ impl ImageWriter {
             .and_then(|_| file.sync_all())
             .map_err(|e| ImageError::io(&path, e))?;
         let out = self.out.clone();
+        // Closed before the rename: an executable with an open writer cannot be run
+        // ("text file busy"), and the image may be started the moment it appears.
         self.tmp
+            .into_temp_path()
             .persist(&out)
             .map_err(|e| ImageError::io(&out, e.error))?;
         sync_dir(&out);
@@ -240,7 +243,9 @@ where
         .and_then(|_| file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777)))
         .and_then(|_| file.sync_all())
         .map_err(|e| ImageError::io(&tmp_path, e))?;
-    tmp.persist(path)
+    // Closed before the rename, so no instance started right after can hit "text file busy".
+    tmp.into_temp_path()
+        .persist(path)
         .map_err(|e| ImageError::io(path, e.error))?;
     sync_dir(path);
     Ok(Updated::Changed)

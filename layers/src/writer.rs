@@ -18,9 +18,9 @@ use crate::format::{
 };
 use crate::scan::{Content, Tree, WhiteoutFormat, scan};
 
-/// Default zstd level, chosen with `tools/bench-layers` (see the README).
+/// Default zstd level, chosen with `tools/bench-levels` (see the README).
 pub const DEFAULT_LEVEL: i32 = 19;
-/// Default uncompressed data block size, chosen with `tools/bench-layers`.
+/// Default uncompressed data block size, chosen with `tools/bench-levels` (see the README).
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 
 /// How to order file contents in the data stream.
