@@ -1,4 +1,5 @@
-//! Dispatch of `argv[1]`: the `fim-*` commands; anything else runs the boot command.
+//! Dispatch of `argv[1]`: the `fim-*` commands. Anything else is meant to run the boot
+//! command, which comes with the run path; until then it is refused with a clear line.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
