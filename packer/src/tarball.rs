@@ -55,6 +55,9 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
     // directories, and unpacking their contents would change their mtimes.
     let mut dirs: Vec<(PathBuf, Pax)> = Vec::new();
     let mut count = 0u64;
+    let root = dest
+        .canonicalize()
+        .with_context(|| format!("{}", dest.display()))?;
     for entry in archive.entries().context("not a tar archive")? {
         let mut entry = entry.context("damaged tar entry")?;
         count += 1;
@@ -63,13 +66,18 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
         let path = dest.join(&rel);
         let pax = Pax::read(&mut entry)?;
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            ensure_inside(&root, &path)?;
             special(&entry, &path, is_root)?;
             set_mtime(&path, pax.mtime)?;
             continue;
         }
-        entry
+        let unpacked = entry
             .unpack_in(dest)
             .with_context(|| format!("unpacking {}", rel.display()))?;
+        if !unpacked {
+            continue; // Refused by the tar crate (outside the root); nothing to finish.
+        }
+        ensure_inside(&root, &path)?;
         if kind.is_dir() {
             dirs.push((path, pax));
         } else if !kind.is_hard_link() {
@@ -83,6 +91,8 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
     // Deepest first, so setting a parent's mtime comes after its children are in place.
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (path, pax) in dirs {
+        // A later entry may have put a symlink on the way; never touch outside the root.
+        ensure_inside(&root, &path)?;
         for (name, value) in &pax.xattrs {
             xattr::set(&path, name, value)
                 .with_context(|| format!("setting xattr {name} on {}", path.display()))?;
@@ -159,6 +169,28 @@ fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
     } else {
         Some((-secs - 1, 1_000_000_000 - nanos))
     }
+}
+
+/// Refuses `path` unless its parent directory, symlinks resolved, is inside `root` (which
+/// is canonical), so an archive cannot reach outside through a symlink it planted. A
+/// parent that does not exist yet is judged by its nearest existing ancestor.
+fn ensure_inside(root: &Path, path: &Path) -> anyhow::Result<()> {
+    if path.canonicalize().is_ok_and(|real| real == root) {
+        return Ok(()); // The root itself (an archive's `./` entry).
+    }
+    let mut ancestor = path.parent();
+    while let Some(dir) = ancestor {
+        match dir.canonicalize() {
+            Ok(real) if real.starts_with(root) => return Ok(()),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ancestor = dir.parent(),
+            Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
+        }
+    }
+    bail!(
+        "archive entry {} would be written outside the root (through a symlink)",
+        path.display()
+    )
 }
 
 /// The entry path relative to the root; `..` components are refused, as tar does.
@@ -275,6 +307,21 @@ mod tests {
         assert_eq!(parse_pax_time("1.1234567891"), Some((1, 123_456_789)));
         assert_eq!(parse_pax_time("x"), None);
         assert_eq!(parse_pax_time("1.x"), None);
+    }
+
+    #[test]
+    fn paths_through_a_planted_symlink_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("escape")).unwrap();
+        let root = root.canonicalize().unwrap();
+        assert!(ensure_inside(&root, &root).is_ok());
+        assert!(ensure_inside(&root, &root.join("real/dev")).is_ok());
+        assert!(ensure_inside(&root, &root.join("new/deeper/dev")).is_ok());
+        let err = ensure_inside(&root, &root.join("escape/dev")).unwrap_err();
+        assert!(err.to_string().contains("outside the root"), "{err}");
+        assert!(ensure_inside(&root, &root.join("escape/missing/dev")).is_err());
     }
 
     #[test]

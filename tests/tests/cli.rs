@@ -399,3 +399,56 @@ fn error_messages_do_not_repeat_themselves() {
         }
     }
 }
+
+/// A tarball that plants a symlink to a directory outside the root and then puts a fifo
+/// "inside" it is refused, and nothing is created outside.
+#[test]
+fn tarball_cannot_write_through_a_planted_symlink() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir outside");
+    let tarball = work.path().join("evil.tar");
+    {
+        let file = fs::File::create(&tarball).expect("create tarball");
+        let mut builder = tar::Builder::new(file);
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        link.set_uid(0);
+        link.set_gid(0);
+        link.set_mtime(0);
+        builder
+            .append_link(&mut link, "escape", &outside)
+            .expect("append symlink");
+        let mut fifo = tar::Header::new_gnu();
+        fifo.set_entry_type(tar::EntryType::Fifo);
+        fifo.set_size(0);
+        fifo.set_mode(0o644);
+        fifo.set_uid(0);
+        fifo.set_gid(0);
+        fifo.set_mtime(0);
+        builder
+            .append_data(&mut fifo, "escape/planted", std::io::empty())
+            .expect("append fifo");
+        builder.finish().expect("finish tarball");
+    }
+    let out = work.path().join("image");
+    let result = fim([
+        OsStr::new("build"),
+        tarball.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+    ]);
+    assert!(!result.success(), "an escaping archive was accepted");
+    assert!(
+        result.stderr.contains("outside the root"),
+        "unclear refusal: {}",
+        result.stderr
+    );
+    assert!(
+        !outside.join("planted").exists(),
+        "a fifo was planted outside"
+    );
+    assert!(!out.exists(), "a half-built image was left behind");
+}
