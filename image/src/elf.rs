@@ -14,15 +14,26 @@ pub fn elf_end(bytes: &[u8]) -> Result<u64> {
     if h.e_type != goblin::elf::header::ET_EXEC && h.e_type != goblin::elf::header::ET_DYN {
         return Err(ImageError::Launcher("not an executable".into()));
     }
-    let mut end = h.e_shoff + u64::from(h.e_shentsize) * u64::from(h.e_shnum);
-    end = end.max(h.e_phoff + u64::from(h.e_phentsize) * u64::from(h.e_phnum));
+    let overflow = || ImageError::Launcher("ELF headers point past any file size".into());
+    let span = |offset: u64, count: u64, size: u64| {
+        count
+            .checked_mul(size)
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(overflow)
+    };
+    let mut end = span(h.e_shoff, u64::from(h.e_shnum), u64::from(h.e_shentsize))?;
+    end = end.max(span(
+        h.e_phoff,
+        u64::from(h.e_phnum),
+        u64::from(h.e_phentsize),
+    )?);
     for s in &elf.section_headers {
         if s.sh_type != goblin::elf::section_header::SHT_NOBITS {
-            end = end.max(s.sh_offset + s.sh_size);
+            end = end.max(span(s.sh_offset, 1, s.sh_size)?);
         }
     }
     for p in &elf.program_headers {
-        end = end.max(p.p_offset + p.p_filesz);
+        end = end.max(span(p.p_offset, 1, p.p_filesz)?);
     }
     if end > bytes.len() as u64 {
         return Err(ImageError::Launcher(

@@ -93,7 +93,7 @@ impl Footer {
                 "trailer: layer table does not end where the footer starts",
             ));
         }
-        if f.reserved_offset != f.launcher_size.next_multiple_of(ALIGN) {
+        if f.launcher_size.checked_next_multiple_of(ALIGN) != Some(f.reserved_offset) {
             return Err(ImageError::corrupt(
                 "trailer: reserved block is not right after the launcher",
             ));
@@ -187,6 +187,14 @@ mod tests {
         f.reserved_offset = 4096;
         let err = Footer::decode(&f.encode(), LEN).unwrap_err();
         assert!(err.to_string().contains("reserved block"), "{err}");
+    }
+
+    #[test]
+    fn footer_with_an_overflowing_launcher_size_is_rejected() {
+        let mut f = footer();
+        f.launcher_size = u64::MAX;
+        f.reserved_offset = 0;
+        assert!(Footer::decode(&f.encode(), LEN).is_err());
     }
 
     #[test]

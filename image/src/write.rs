@@ -16,8 +16,11 @@ use crate::error::{ImageError, Result};
 use crate::image::Image;
 use crate::trailer::{ALIGN, Footer, LayerEntry};
 
-/// Prefix of the temporary files a change writes next to the image.
+/// Prefix of the temporary files a config change writes next to the image; stale ones
+/// are removed under the change lock.
 const TEMP_MARK: &str = ".fim-tmp";
+/// Prefix of a build's temporary file: distinct, so a change never removes a live build's.
+const BUILD_MARK: &str = ".fim-build";
 
 /// The launcher bytes of `path`: the ELF alone, without any payload already appended.
 pub fn read_launcher(path: &Path) -> Result<Vec<u8>> {
@@ -36,7 +39,7 @@ pub struct ImageWriter {
     pos: u64,
 }
 
-fn temp_in(dir_of: &Path) -> Result<tempfile::NamedTempFile> {
+fn temp_in(dir_of: &Path, mark: &str) -> Result<tempfile::NamedTempFile> {
     let dir = match dir_of.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -46,7 +49,7 @@ fn temp_in(dir_of: &Path) -> Result<tempfile::NamedTempFile> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     tempfile::Builder::new()
-        .prefix(&format!(".{name}{TEMP_MARK}"))
+        .prefix(&format!(".{name}{mark}"))
         .tempfile_in(dir)
         .map_err(|e| ImageError::io(dir, e))
 }
@@ -68,7 +71,7 @@ impl ImageWriter {
                 "launcher has bytes past its ELF end; pass the ELF alone".into(),
             ));
         }
-        let tmp = temp_in(out)?;
+        let tmp = temp_in(out, BUILD_MARK)?;
         let reserved_offset = launcher_size.next_multiple_of(ALIGN);
         let file = tmp.as_file();
         let p = tmp.path().to_owned();
@@ -104,7 +107,14 @@ impl ImageWriter {
         let start = self.pos.next_multiple_of(ALIGN);
         let path = self.tmp.path().to_owned();
         zeros(self.tmp.as_file(), self.pos, start, &path)?;
-        let stats = build_layer(source, self.tmp.as_file(), start, options, progress)
+        // The output may lie inside the input: never pack the image into itself.
+        let mut options = options.clone();
+        for path in [self.tmp.path(), self.out.as_path()] {
+            if let Ok(meta) = fs::metadata(path) {
+                options.exclude.push((meta.dev(), meta.ino()));
+            }
+        }
+        let stats = build_layer(source, self.tmp.as_file(), start, &options, progress)
             .map_err(|e| ImageError::layer(self.layers.len(), e))?;
         self.layers.push(LayerEntry {
             offset: start,
@@ -228,7 +238,7 @@ where
     let offset = image.footer().reserved_offset;
     drop(image);
 
-    let mut tmp = temp_in(path)?;
+    let mut tmp = temp_in(path, TEMP_MARK)?;
     let tmp_path = tmp.path().to_owned();
     let meta = locked.metadata().map_err(|e| ImageError::io(path, e))?;
     let mut src = &locked;

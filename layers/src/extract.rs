@@ -1,7 +1,7 @@
 //! Writes a stack (merged) or a single layer (as stored) back out as a directory tree,
 //! keeping types, modes, owners, nanosecond mtimes, xattrs, hardlinks and holes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
@@ -50,6 +50,7 @@ pub fn extract(stack: &Stack, dest: &Path, as_stored: bool) -> Result<ExtractRep
         stack,
         as_stored,
         links: HashMap::new(),
+        dirs_seen: HashSet::new(),
         report: ExtractReport::default(),
         is_root: unsafe_geteuid() == 0,
     };
@@ -69,6 +70,7 @@ struct Extractor<'a> {
     as_stored: bool,
     /// First path of each multiply-linked file, so later names become hardlinks.
     links: HashMap<NodeId, PathBuf>,
+    dirs_seen: HashSet<NodeId>,
     report: ExtractReport,
     is_root: bool,
 }
@@ -106,6 +108,13 @@ impl Extractor<'_> {
         }
         match inode.file_type() {
             S_IFDIR => {
+                // A damaged layer could name one directory twice (even inside itself).
+                if !self.dirs_seen.insert(entry.id) {
+                    return Err(LayerError::corrupt(format!(
+                        "{}: directory appears twice in the tree",
+                        path.display()
+                    )));
+                }
                 fs::create_dir(path).map_err(io)?;
                 self.dir_contents(entry.id, path)?;
             }

@@ -1,8 +1,8 @@
 //! Reads a layer straight from a memory map: records are found by offset, metadata pages
 //! and data blocks are decompressed only when touched, data blocks through a bounded cache.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
@@ -14,13 +14,13 @@ use crate::format::{
 
 /// Decompressed data blocks shared by every layer of a stack, bounded by total bytes.
 pub struct BlockCache {
-    cache: quick_cache::sync::Cache<(u64, u32), Arc<[u8]>, BlockWeighter>,
+    cache: quick_cache::sync::Cache<(u64, u64), Arc<[u8]>, BlockWeighter>,
 }
 
 #[derive(Clone)]
 struct BlockWeighter;
-impl quick_cache::Weighter<(u64, u32), Arc<[u8]>> for BlockWeighter {
-    fn weight(&self, _key: &(u64, u32), val: &Arc<[u8]>) -> u64 {
+impl quick_cache::Weighter<(u64, u64), Arc<[u8]>> for BlockWeighter {
+    fn weight(&self, _key: &(u64, u64), val: &Arc<[u8]>) -> u64 {
         val.len().max(1) as u64
     }
 }
@@ -65,6 +65,12 @@ pub fn cpu_count() -> usize {
     }
 }
 
+/// Cache keys of metadata pages carry this bit; data blocks' keys are their index.
+const META_KEY: u64 = 1 << 63;
+
+/// Longest symlink target accepted (Linux `PATH_MAX`).
+const MAX_SYMLINK: u64 = 4096;
+
 static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One layer, read in place from a memory map.
@@ -73,7 +79,6 @@ pub struct Layer {
     base: usize,
     sb: Superblock,
     id: u64,
-    meta_pages: Box<[OnceLock<Arc<[u8]>>]>,
     cache: Arc<BlockCache>,
 }
 
@@ -133,18 +138,27 @@ impl Layer {
             )));
         }
         let layer = Layer {
-            meta_pages: (0..sb.meta_page_count).map(|_| OnceLock::new()).collect(),
             map,
             base,
             sb,
             id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
             cache,
         };
+        // Frames must follow one another without overlapping: a table pointing many entries
+        // at one tiny frame would otherwise multiply a small file into huge memory use.
+        let mut end = SUPERBLOCK_SIZE as u64;
         for i in 0..layer.sb.block_count {
-            layer.check_entry(layer.block_entry(i), layer.sb.block_size, "data block", i)?;
+            end = layer.check_entry(
+                layer.block_entry(i),
+                end,
+                layer.sb.block_size,
+                "data block",
+                i,
+            )?;
         }
         for i in 0..layer.sb.meta_page_count {
-            layer.check_entry(layer.meta_entry(i), META_PAGE_SIZE, "metadata page", i)?;
+            end =
+                layer.check_entry(layer.meta_entry(i), end, META_PAGE_SIZE, "metadata page", i)?;
         }
         let root = layer.inode(0)?;
         if !root.is_dir() {
@@ -157,16 +171,29 @@ impl Layer {
         &self.sb
     }
 
-    fn check_entry(&self, e: TableEntry, max: u32, what: &str, index: u32) -> Result<()> {
+    /// Checks one table entry against the previous frame's end; returns this frame's end.
+    fn check_entry(
+        &self,
+        e: TableEntry,
+        after: u64,
+        max: u32,
+        what: &str,
+        index: u32,
+    ) -> Result<u64> {
         let end = e.offset.checked_add(u64::from(e.compressed_size));
-        let in_body = e.offset >= SUPERBLOCK_SIZE as u64
-            && end.is_some_and(|end| end <= self.sb.block_table_offset);
-        if !in_body || e.uncompressed_size > max || e.uncompressed_size == 0 {
-            return Err(LayerError::corrupt(format!(
+        match end {
+            Some(end)
+                if e.offset >= after
+                    && end <= self.sb.block_table_offset
+                    && e.uncompressed_size <= max
+                    && e.uncompressed_size > 0 =>
+            {
+                Ok(end)
+            }
+            _ => Err(LayerError::corrupt(format!(
                 "{what} {index} has an invalid table entry"
-            )));
+            ))),
         }
-        Ok(())
     }
 
     fn table_entry(&self, table_offset: u64, index: u32) -> TableEntry {
@@ -199,24 +226,23 @@ impl Layer {
             .map_err(|err| LayerError::corrupt(format!("{what} {index}: {err}")))
     }
 
-    fn meta_page(&self, index: u32) -> Result<&Arc<[u8]>> {
-        let slot = self
-            .meta_pages
-            .get(index as usize)
-            .ok_or_else(|| LayerError::corrupt("metadata reference past the end"))?;
-        if let Some(page) = slot.get() {
-            return Ok(page);
+    /// A decompressed metadata page, through the same bounded cache as data blocks.
+    fn meta_page(&self, index: u32) -> Result<Arc<[u8]>> {
+        if index >= self.sb.meta_page_count {
+            return Err(LayerError::corrupt("metadata reference past the end"));
         }
-        let expected = (self.sb.meta_size - u64::from(index) * u64::from(META_PAGE_SIZE))
-            .min(u64::from(META_PAGE_SIZE));
-        let e = self.meta_entry(index);
-        if u64::from(e.uncompressed_size) != expected {
-            return Err(LayerError::corrupt(format!(
-                "metadata page {index} has the wrong size"
-            )));
-        }
-        let page: Arc<[u8]> = self.load(e, "metadata page", index)?.into();
-        Ok(slot.get_or_init(|| page))
+        let key = (self.id, META_KEY | u64::from(index));
+        self.cache.cache.get_or_insert_with(&key, || {
+            let expected = (self.sb.meta_size - u64::from(index) * u64::from(META_PAGE_SIZE))
+                .min(u64::from(META_PAGE_SIZE));
+            let e = self.meta_entry(index);
+            if u64::from(e.uncompressed_size) != expected {
+                return Err(LayerError::corrupt(format!(
+                    "metadata page {index} has the wrong size"
+                )));
+            }
+            Ok(self.load(e, "metadata page", index)?.into())
+        })
     }
 
     /// Copies `out.len()` bytes of the metadata stream starting at `offset`.
@@ -256,17 +282,23 @@ impl Layer {
         let mut b = [0u8; INODE_SIZE];
         self.meta_read(u64::from(ino) * INODE_SIZE as u64, &mut b)?;
         let inode = Inode::decode(&b)?;
+        let within = |start: u64, len: u64, limit: u64| {
+            start.checked_add(len).is_some_and(|end| end <= limit)
+        };
+        let names_len = self.sb.xattrs_at - self.sb.names_at;
         let ok = match inode.file_type() {
-            S_IFDIR => inode.a + u64::from(inode.b) <= u64::from(self.sb.dirent_count),
-            S_IFREG if inode.is_sparse() => inode.a + u64::from(inode.b) <= self.sb.extent_count,
-            S_IFREG => inode
-                .a
-                .checked_add(inode.size)
-                .is_some_and(|e| e <= self.sb.data_size),
-            S_IFLNK => self.sb.names_at + inode.a + inode.size <= self.sb.xattrs_at,
+            S_IFDIR => within(inode.a, u64::from(inode.b), u64::from(self.sb.dirent_count)),
+            S_IFREG if inode.is_sparse() => {
+                within(inode.a, u64::from(inode.b), self.sb.extent_count)
+            }
+            S_IFREG => within(inode.a, inode.size, self.sb.data_size),
+            S_IFLNK => inode.size <= MAX_SYMLINK && within(inode.a, inode.size, names_len),
             _ => true,
-        } && self.sb.xattrs_at + inode.xattr_offset + u64::from(inode.xattr_len)
-            <= self.sb.meta_size;
+        } && within(
+            inode.xattr_offset,
+            u64::from(inode.xattr_len),
+            self.sb.meta_size - self.sb.xattrs_at,
+        );
         if !ok {
             return Err(LayerError::corrupt(format!(
                 "inode {ino} points outside its section"
@@ -289,11 +321,19 @@ impl Layer {
         Ok(d)
     }
 
+    /// A dirent's name; anything but one plain path component (no `/`, no NUL, not `.` or
+    /// `..`) is corruption, so no reader can be steered outside a directory.
     fn dirent_name(&self, d: &Dirent) -> Result<Vec<u8>> {
-        self.meta_vec(
+        let name = self.meta_vec(
             self.sb.names_at + u64::from(d.name_offset),
             usize::from(d.name_len),
-        )
+        )?;
+        if name == b"." || name == b".." || name.iter().any(|&c| c == b'/' || c == 0) {
+            return Err(LayerError::corrupt(
+                "directory entry name is not a single path component",
+            ));
+        }
+        Ok(name)
     }
 
     /// Finds `name` in directory `dir` by binary search over its sorted entries.
@@ -385,18 +425,21 @@ impl Layer {
         if index >= self.sb.block_count {
             return Err(LayerError::corrupt("data reference past the end"));
         }
-        self.cache.cache.get_or_insert_with(&(self.id, index), || {
-            self.prefetch_after(index);
-            let e = self.block_entry(index);
-            let expected = (self.sb.data_size - u64::from(index) * u64::from(self.sb.block_size))
+        self.cache
+            .cache
+            .get_or_insert_with(&(self.id, u64::from(index)), || {
+                self.prefetch_after(index);
+                let e = self.block_entry(index);
+                let expected = (self.sb.data_size
+                    - u64::from(index) * u64::from(self.sb.block_size))
                 .min(u64::from(self.sb.block_size));
-            if u64::from(e.uncompressed_size) != expected {
-                return Err(LayerError::corrupt(format!(
-                    "data block {index} has the wrong size"
-                )));
-            }
-            Ok(self.load(e, "data block", index)?.into())
-        })
+                if u64::from(e.uncompressed_size) != expected {
+                    return Err(LayerError::corrupt(format!(
+                        "data block {index} has the wrong size"
+                    )));
+                }
+                Ok(self.load(e, "data block", index)?.into())
+            })
     }
 
     /// Asks the kernel to start reading the next blocks' compressed bytes, so a sequential
@@ -485,6 +528,20 @@ impl Layer {
                 )));
             }
         }
+        // The directories must form a tree: each one named once, the root never, and each
+        // directory's entries its own, so walking the tree terminates and visits each once.
+        let mut named_dirs = vec![false; self.sb.inode_count as usize];
+        let mut ranges = Vec::new();
+        for ino in 0..self.sb.inode_count {
+            let inode = self.inode(ino)?;
+            if inode.is_dir() {
+                ranges.push((inode.a, u64::from(inode.b)));
+            }
+        }
+        ranges.sort_unstable();
+        if ranges.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(LayerError::corrupt("directories share directory entries"));
+        }
         for ino in 0..self.sb.inode_count {
             let inode = self.inode(ino)?;
             if inode.is_dir() {
@@ -493,6 +550,18 @@ impl Layer {
                     return Err(LayerError::corrupt(format!(
                         "directory inode {ino} has unsorted or duplicate entries"
                     )));
+                }
+                for e in &entries {
+                    if self.inode(e.ino)?.is_dir() {
+                        let seen = &mut named_dirs[e.ino as usize];
+                        if e.ino == 0 || *seen {
+                            return Err(LayerError::corrupt(format!(
+                                "directory inode {} is named more than once",
+                                e.ino
+                            )));
+                        }
+                        *seen = true;
+                    }
                 }
             }
             if inode.file_type() == S_IFREG {

@@ -77,8 +77,9 @@ impl Tree {
     }
 }
 
-/// Scans `root` (which must be a directory) without following symlinks.
-pub fn scan(root: &Path, whiteouts: WhiteoutFormat) -> Result<Tree> {
+/// Scans `root` (which must be a directory) without following symlinks. Files whose
+/// host `(device, inode)` is in `exclude` are left out (e.g. the image being written).
+pub fn scan(root: &Path, whiteouts: WhiteoutFormat, exclude: &[(u64, u64)]) -> Result<Tree> {
     let meta = fs::symlink_metadata(root).map_err(|e| LayerError::io(root, e))?;
     if !meta.is_dir() {
         return Err(LayerError::io(
@@ -90,6 +91,7 @@ pub fn scan(root: &Path, whiteouts: WhiteoutFormat) -> Result<Tree> {
         tree: Tree::default(),
         hardlinks: HashMap::new(),
         whiteouts,
+        exclude,
     };
     let root_node = scanner.node_for(root, &meta)?;
     scanner.tree.nodes.push(root_node);
@@ -97,14 +99,15 @@ pub fn scan(root: &Path, whiteouts: WhiteoutFormat) -> Result<Tree> {
     Ok(scanner.tree)
 }
 
-struct Scanner {
+struct Scanner<'a> {
     tree: Tree,
+    exclude: &'a [(u64, u64)],
     /// Host (dev, ino) of multiply-linked files to their node, so hardlinks stay hardlinks.
     hardlinks: HashMap<(u64, u64), u32>,
     whiteouts: WhiteoutFormat,
 }
 
-impl Scanner {
+impl Scanner<'_> {
     fn scan_dir(&mut self, dir: &Path, dir_index: u32) -> Result<()> {
         let mut names: Vec<OsString> = fs::read_dir(dir)
             .map_err(|e| LayerError::io(dir, e))?
@@ -124,6 +127,12 @@ impl Scanner {
                     continue;
                 }
                 if let Some(hidden) = bytes.strip_prefix(OCI_WHITEOUT_PREFIX) {
+                    if hidden.is_empty() {
+                        return Err(LayerError::Unsupported(format!(
+                            "{}: a whiteout marker must name what it hides",
+                            path.display()
+                        )));
+                    }
                     let index = self.push_whiteout(&path)?;
                     children.push((std::ffi::OsStr::from_bytes(hidden).to_owned(), index));
                     continue;
@@ -131,6 +140,9 @@ impl Scanner {
             }
             let meta = fs::symlink_metadata(&path).map_err(|e| LayerError::io(&path, e))?;
             let key = (meta.dev(), meta.ino());
+            if self.exclude.contains(&key) {
+                continue;
+            }
             if !meta.is_dir()
                 && meta.nlink() > 1
                 && let Some(&existing) = self.hardlinks.get(&key)
@@ -158,7 +170,20 @@ impl Scanner {
         children.sort_by(|a, b| {
             (a.0.as_bytes(), is_whiteout(a.1)).cmp(&(b.0.as_bytes(), is_whiteout(b.1)))
         });
+        // A whiteout next to a real directory of its name (OCI: delete, then recreate)
+        // means the directory replaces the lower one: it becomes opaque.
+        let replaced: Vec<u32> = children
+            .windows(2)
+            .filter(|w| w[0].0 == w[1].0 && is_whiteout(w[1].1))
+            .map(|w| w[0].1)
+            .collect();
         children.dedup_by(|later, earlier| later.0 == earlier.0);
+        for index in replaced {
+            let node = &mut self.tree.nodes[index as usize];
+            if node.mode & S_IFMT == S_IFDIR {
+                node.flags |= FLAG_OPAQUE;
+            }
+        }
         let node = &mut self.tree.nodes[dir_index as usize];
         node.nlink = 2 + subdirs;
         node.children = children;

@@ -277,3 +277,29 @@ fn stored_layer_extracts_whiteouts_as_oci_markers() {
     assert!(!merged.join(".wh.x").exists());
     assert!(fs::read_dir(merged.join("d")).unwrap().next().is_none());
 }
+
+#[test]
+fn oci_whiteout_beside_a_recreated_directory_makes_it_opaque() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    fs::create_dir(lower.path().join("d")).unwrap();
+    fs::write(lower.path().join("d/old"), b"0").unwrap();
+    fs::write(upper.path().join(".wh.d"), b"").unwrap();
+    fs::create_dir(upper.path().join("d")).unwrap();
+    fs::write(upper.path().join("d/new"), b"1").unwrap();
+    let (_f, stack) = stack_of(&[lower.path(), upper.path()]);
+    assert_eq!(names(&stack, "d"), ["new"]);
+}
+
+#[test]
+fn bare_oci_whiteout_marker_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join(".wh."), b"").unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let options = BuildOptions {
+        whiteouts: WhiteoutFormat::Oci,
+        ..small_options()
+    };
+    let err = build_layer(src.path(), out.as_file(), 0, &options, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("must name"), "{err}");
+}

@@ -40,6 +40,9 @@ pub struct BuildOptions {
     pub block_size: u32,
     pub whiteouts: WhiteoutFormat,
     pub order: ContentOrder,
+    /// Host files `(device, inode)` never packed, such as the image being written when the
+    /// output lies inside the input.
+    pub exclude: Vec<(u64, u64)>,
 }
 
 impl Default for BuildOptions {
@@ -49,6 +52,7 @@ impl Default for BuildOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             whiteouts: WhiteoutFormat::None,
             order: ContentOrder::Similarity,
+            exclude: Vec::new(),
         }
     }
 }
@@ -97,7 +101,7 @@ pub fn build_layer(
             options.block_size
         )));
     }
-    let tree = scan(source, options.whiteouts)?;
+    let tree = scan(source, options.whiteouts, &options.exclude)?;
     write_tree(&tree, out, start, options, progress)
 }
 

@@ -121,6 +121,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             Order::Similarity => ContentOrder::Similarity,
             Order::Path => ContentOrder::Path,
         },
+        exclude: Vec::new(),
     };
 
     let mut writer = ImageWriter::create(&args.output, &launcher, &reserved)
@@ -163,6 +164,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
 enum Staged {
     Dir(PathBuf),
     Unpacked(tempfile::TempDir),
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Staged::Unpacked(t) = self {
+            tarball::make_removable(t.path());
+        }
+    }
 }
 
 impl Staged {

@@ -67,8 +67,9 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
         let pax = Pax::read(&mut entry)?;
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             ensure_inside(&root, &path)?;
-            special(&entry, &path, is_root)?;
-            set_mtime(&path, pax.mtime)?;
+            if special(&entry, &path, is_root)? {
+                set_mtime(&path, pax.mtime)?;
+            }
             continue;
         }
         let unpacked = entry
@@ -79,6 +80,12 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
         }
         ensure_inside(&root, &path)?;
         if kind.is_dir() {
+            // A read-only directory (e.g. 0555 /usr/bin) must stay writable until its
+            // contents are in: its real mode is applied last, with its mtime.
+            if !is_root {
+                let mode = entry.header().mode()? & 0o7777;
+                set_mode(&path, mode | 0o700)?;
+            }
             dirs.push((path, pax));
         } else if !kind.is_hard_link() {
             // The tar crate keeps whole, non-negative seconds only; pax has nanoseconds.
@@ -97,6 +104,7 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
             xattr::set(&path, name, value)
                 .with_context(|| format!("setting xattr {name} on {}", path.display()))?;
         }
+        set_mode(&path, pax.mode)?;
         set_mtime(&path, pax.mtime)?;
     }
     Ok(())
@@ -106,6 +114,8 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
 struct Pax {
     /// Seconds and nanoseconds; may be before 1970.
     mtime: (i64, u32),
+    /// Permission bits from the header.
+    mode: u32,
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
@@ -113,6 +123,7 @@ impl Pax {
     fn read<R: Read>(entry: &mut tar::Entry<R>) -> anyhow::Result<Self> {
         let mut pax = Pax {
             mtime: (entry.header().mtime().unwrap_or(0) as i64, 0),
+            mode: entry.header().mode().unwrap_or(0o755) & 0o7777,
             xattrs: Vec::new(),
         };
         if let Some(records) = entry.pax_extensions()? {
@@ -210,8 +221,9 @@ fn cstr(path: &Path) -> anyhow::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")
 }
 
-/// Creates a device node or fifo with its owner, mode and mtime.
-fn special<R: Read>(entry: &tar::Entry<R>, path: &Path, is_root: bool) -> anyhow::Result<()> {
+/// Creates a device node or fifo with its owner and mode; false when a device node was
+/// skipped because only root may create one.
+fn special<R: Read>(entry: &tar::Entry<R>, path: &Path, is_root: bool) -> anyhow::Result<bool> {
     let h = entry.header();
     let kind = h.entry_type();
     let file_type = if kind.is_character_special() {
@@ -239,7 +251,7 @@ fn special<R: Read>(entry: &tar::Entry<R>, path: &Path, is_root: bool) -> anyhow
                 "fim: {}: device node skipped (needs root): {err}",
                 path.display()
             );
-            return Ok(());
+            return Ok(false);
         }
         return Err(err).with_context(|| format!("creating {}", path.display()));
     }
@@ -256,7 +268,31 @@ fn special<R: Read>(entry: &tar::Entry<R>, path: &Path, is_root: bool) -> anyhow
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("chmod {}", path.display()));
     }
-    Ok(())
+    Ok(true)
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// Gives the owner write access to every directory under `root` again, so a staging tree
+/// holding read-only directories can be removed without root.
+pub fn make_removable(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::symlink_metadata(&dir)
+            && meta.is_dir()
+        {
+            let mode = meta.permissions().mode() | 0o700;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode));
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
 }
 
 fn set_mtime(path: &Path, (secs, nanos): (i64, u32)) -> anyhow::Result<()> {

@@ -452,3 +452,29 @@ fn tarball_cannot_write_through_a_planted_symlink() {
     );
     assert!(!out.exists(), "a half-built image was left behind");
 }
+
+/// `fim build DIR -o DIR/app`: the image being written is not packed into itself.
+#[test]
+fn output_inside_the_input_is_not_packed_into_itself() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    put(&src, "etc/hostname", b"fim\n");
+    let image = src.join("app");
+    for _ in 0..2 {
+        // The second build also finds the first image at the output path.
+        fim([
+            OsStr::new("build"),
+            src.as_os_str(),
+            OsStr::new("-o"),
+            image.as_os_str(),
+        ])
+        .assert_ok();
+    }
+    let out = work.path().join("out");
+    fim([OsStr::new("extract"), image.as_os_str(), out.as_os_str()]).assert_ok();
+    let names: Vec<OsString> = fs::read_dir(&out)
+        .expect("read extracted root")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, [OsString::from("etc")], "extracted root: {names:?}");
+}
