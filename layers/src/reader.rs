@@ -1,5 +1,5 @@
 //! Reads a layer straight from a memory map: records are found by offset, metadata pages
-//! and data blocks are decompressed only when touched, data blocks through a bounded cache.
+//! and data blocks are decompressed only when touched, and kept in one bounded cache.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,8 @@ use crate::format::{
     S_IFREG, SUPERBLOCK_SIZE, Superblock, TABLE_ENTRY_SIZE, TableEntry, decode_xattrs,
 };
 
-/// Decompressed data blocks shared by every layer of a stack, bounded by total bytes.
+/// Decompressed data blocks and metadata pages shared by every layer of a stack, bounded
+/// by total bytes.
 pub struct BlockCache {
     cache: quick_cache::sync::Cache<(u64, u64), Arc<[u8]>, BlockWeighter>,
 }
