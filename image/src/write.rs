@@ -39,12 +39,17 @@ pub struct ImageWriter {
     pos: u64,
 }
 
-fn temp_in(dir_of: &Path, mark: &str) -> Result<tempfile::NamedTempFile> {
-    let dir = match dir_of.parent() {
+/// The directory holding `path` (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    let name = dir_of
+    }
+}
+
+fn temp_in(image: &Path, mark: &str) -> Result<tempfile::NamedTempFile> {
+    let dir = dir_of(image);
+    let name = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -159,16 +164,9 @@ impl ImageWriter {
 }
 
 fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        // Best effort: some file systems refuse fsync on directories.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    // Best effort: some file systems refuse fsync on directories.
+    if let Ok(d) = File::open(dir_of(path)) {
+        let _ = d.sync_all();
     }
 }
 
@@ -193,14 +191,10 @@ fn lock_image(path: &Path) -> Result<File> {
 /// Removes temporaries left by a change that was killed. Called under the change lock,
 /// so no live change owns them.
 fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(name) = path.file_name() else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = dir_of(path);
     let prefix = format!(".{}{TEMP_MARK}", name.to_string_lossy());
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {

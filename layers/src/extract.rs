@@ -196,25 +196,31 @@ impl Extractor<'_> {
                 return Err(LayerError::io(path, std::io::Error::last_os_error()));
             }
         }
-        let t = libc::timespec {
-            tv_sec: inode.mtime_sec as _,
-            tv_nsec: inode.mtime_nsec as _,
-        };
-        let times = [t, t];
-        // SAFETY: valid path and a two-element timespec array.
-        let rc = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(LayerError::io(path, std::io::Error::last_os_error()));
-        }
-        Ok(())
+        set_mtime_nofollow(path, inode.mtime_sec, inode.mtime_nsec)
     }
+}
+
+/// Sets the mtime (and atime) of `path` itself, not of a symlink's target, to the
+/// nanosecond: the one place extraction and tarball unpacking set times.
+pub fn set_mtime_nofollow(path: &Path, secs: i64, nanos: u32) -> Result<()> {
+    let c = cpath(path)?;
+    let t = libc::timespec {
+        tv_sec: secs as _,
+        tv_nsec: nanos as _,
+    };
+    // SAFETY: valid path and a two-element timespec array.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [t, t].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(LayerError::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn cpath(path: &Path) -> Result<CString> {

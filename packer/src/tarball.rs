@@ -296,25 +296,8 @@ pub fn make_removable(root: &Path) {
 }
 
 fn set_mtime(path: &Path, (secs, nanos): (i64, u32)) -> anyhow::Result<()> {
-    let c = cstr(path)?;
-    let t = libc::timespec {
-        tv_sec: secs as _,
-        tv_nsec: nanos as _,
-    };
-    // SAFETY: valid path and a two-element timespec array.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            [t, t].as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setting the mtime of {}", path.display()));
-    }
-    Ok(())
+    fim_layers::extract::set_mtime_nofollow(path, secs, nanos)
+        .with_context(|| format!("setting the mtime of {}", path.display()))
 }
 
 #[cfg(test)]
