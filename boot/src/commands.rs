@@ -1,5 +1,5 @@
-//! Dispatch of `argv[1]`: the `fim-*` commands. Anything else is meant to run the boot
-//! command, which comes with the run path; until then it is refused with a clear line.
+//! Dispatch of `argv[1]`: the `fim-*` commands. Anything else runs the boot command with
+//! the arguments appended.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -9,19 +9,17 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use fim_image::{Image, ImageError, Updated, update_reserved};
-use fim_reserved::Overlay;
+use fim_reserved::{BootCommand, Overlay};
 
 use crate::debug::{self, Step};
 use crate::help;
+use crate::run::{self, Launch};
 
 /// FlatImage commands that later versions of this launcher implement.
 const PLANNED: &[&str] = &[
-    "fim-exec",
-    "fim-root",
     "fim-perms",
     "fim-env",
     "fim-bind",
-    "fim-boot",
     "fim-casefold",
     "fim-notify",
     "fim-unshare",
@@ -39,6 +37,9 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
         Some("fim-version") => version(rest),
         Some("fim-help") => help::help(rest),
         Some("fim-overlay") => overlay(rest),
+        Some("fim-boot") => boot(rest),
+        Some("fim-exec") => launch("fim-exec", rest, root_from_env()),
+        Some("fim-root") => launch("fim-root", rest, true),
         Some(cmd) if PLANNED.contains(&cmd) => {
             bail!("{cmd} is not available in this version yet (see fim-help)")
         }
@@ -46,14 +47,108 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
             bail!("unknown command '{cmd}': run fim-help for the list of commands")
         }
         _ => {
-            // Validate the image first so a corrupt file is reported as such.
-            self_image()?;
-            bail!(
-                "running the application is not available in this version yet; \
-                 the image can be inspected with fim-help, fim-version and fim-overlay"
-            )
+            let image = self_image()?;
+            let boot = image.reserved().boot().unwrap_or_else(default_boot);
+            let mut command: Vec<OsString> = vec![boot.program.into()];
+            command.extend(boot.args.into_iter().map(OsString::from));
+            command.extend(args.iter().cloned());
+            run_in(image, command, root_from_env())
         }
     }
+}
+
+/// The boot command of an image that has none.
+fn default_boot() -> BootCommand {
+    BootCommand {
+        program: "/bin/sh".into(),
+        args: Vec::new(),
+    }
+}
+
+/// `FIM_ROOT=1` runs as `fim-root` would, as in FlatImage.
+fn root_from_env() -> bool {
+    std::env::var_os("FIM_ROOT").is_some_and(|v| v == "1")
+}
+
+/// `fim-exec PROG ARGS...` and `fim-root PROG ARGS...`.
+fn launch(name: &str, args: &[OsString], as_root: bool) -> anyhow::Result<ExitCode> {
+    if args.is_empty() {
+        bail!("usage: {name} PROGRAM [ARGS...]");
+    }
+    let image = self_image()?;
+    run_in(image, args.to_vec(), as_root)
+}
+
+fn run_in(image: Image, command: Vec<OsString>, as_root: bool) -> anyhow::Result<ExitCode> {
+    let (overlay, source) = effective_overlay(&image)?;
+    debug::log(format!("overlay {overlay} (from {source:?})"));
+    run::run(image, overlay, Launch { command, as_root })
+}
+
+/// `fim-boot set PROG ARGS... | show | clear`.
+fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let usage = "usage: fim-boot set PROGRAM [ARGS...] | fim-boot show | fim-boot clear";
+    let text = |a: &OsString| {
+        a.to_str()
+            .map(str::to_string)
+            .with_context(|| format!("fim-boot: {a:?} is not valid UTF-8"))
+    };
+    let verb = args.first().map(|a| a.to_string_lossy().into_owned());
+    match verb.as_deref() {
+        Some("set") if args.len() >= 2 => {
+            let program = text(&args[1])?;
+            let rest = args[2..]
+                .iter()
+                .map(text)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let command =
+                BootCommand::new(program, rest).map_err(|e| anyhow::anyhow!("fim-boot: {e}"))?;
+            change_reserved("fim-boot set", |r| r.set_boot(Some(&command)))
+        }
+        Some("clear") if args.len() == 1 => change_reserved("fim-boot clear", |r| r.set_boot(None)),
+        Some("show") if args.len() == 1 => {
+            let image = self_image()?;
+            let boot = image.reserved().boot().unwrap_or_else(default_boot);
+            let words: Vec<String> = std::iter::once(boot.program)
+                .chain(boot.args)
+                .map(|w| quoted(&w))
+                .collect();
+            println!("{}", words.join(" "));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => bail!("{usage}"),
+    }
+}
+
+/// A word as a POSIX shell would need it written to mean itself.
+fn quoted(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Validates the running image, then rewrites its reserved block with `change`.
+fn change_reserved(
+    what: &str,
+    change: impl FnOnce(&mut fim_reserved::Reserved) -> Result<(), fim_reserved::ReservedError>,
+) -> anyhow::Result<ExitCode> {
+    let path = self_path()?;
+    self_image()?;
+    let _step = Step::new("rewrite reserved block");
+    let updated = update_reserved(&path, |r| {
+        change(r).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+    })
+    .with_context(|| format!("{what}: cannot write the changed image next to the old one"))?;
+    if updated == Updated::Unchanged {
+        debug::log("setting unchanged; image left as it was");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Path of the running image. When a change renamed a new image over the one that is
@@ -111,14 +206,14 @@ fn version(args: &[OsString]) -> anyhow::Result<ExitCode> {
 
 /// Where the effective overlay type came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub enum Source {
     Environment,
     Image,
     Default,
 }
 
 /// `FIM_OVERLAY` beats the reserved byte, which beats the default (BWRAP).
-fn effective_overlay(image: &Image) -> anyhow::Result<(Overlay, Source)> {
+pub fn effective_overlay(image: &Image) -> anyhow::Result<(Overlay, Source)> {
     if let Some(value) = std::env::var_os("FIM_OVERLAY") {
         let text = value.to_string_lossy();
         let overlay = Overlay::from_str(&text).map_err(|e| anyhow::anyhow!("FIM_OVERLAY: {e}"))?;
@@ -144,18 +239,10 @@ fn overlay(args: &[OsString]) -> anyhow::Result<ExitCode> {
         ["set", value] => {
             let overlay =
                 Overlay::from_str(value).map_err(|e| anyhow::anyhow!("fim-overlay: {e}"))?;
-            let path = self_path()?;
-            self_image()?;
-            let _step = Step::new("rewrite reserved block");
-            let updated = update_reserved(&path, |r| {
+            change_reserved("fim-overlay set", |r| {
                 r.set_overlay(Some(overlay));
-                Ok::<(), anyhow::Error>(())
+                Ok(())
             })
-            .context("fim-overlay set: cannot write the changed image next to the old one")?;
-            if updated == Updated::Unchanged {
-                debug::log("overlay already set; image unchanged");
-            }
-            Ok(ExitCode::SUCCESS)
         }
         ["show"] => {
             let image = self_image()?;

@@ -2,8 +2,17 @@
 //! block, layers) from `/proc/self/exe` and dispatches the `fim-*` commands.
 
 mod commands;
+mod daemon;
 mod debug;
+mod environment;
 mod help;
+mod namespaces;
+mod places;
+mod run;
+mod sandbox;
+mod session;
+mod shim;
+mod supervise;
 
 use std::process::ExitCode;
 
@@ -12,6 +21,9 @@ pub const RUNTIME_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == shim::SHIM_COMMAND) {
+        return shim::exec(&args[1..]);
+    }
     match commands::dispatch(&args) {
         Ok(code) => code,
         Err(e) => {

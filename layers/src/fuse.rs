@@ -28,6 +28,8 @@ type Listing = Arc<Vec<(Vec<u8>, Entry)>>;
 /// The FUSE file system over a stack of layers.
 pub struct StackFs {
     stack: Arc<Stack>,
+    /// Every entry reported as owned by this uid/gid instead of the stored owner.
+    owner: Option<(u32, u32)>,
     /// Merged listings by directory. Layers are immutable, so a listing never goes stale;
     /// it is computed on the first `readdir`, not at `opendir`, which the kernel sends
     /// even when it serves the entries from its own cache.
@@ -38,15 +40,26 @@ pub struct StackFs {
 const MAX_LISTINGS: usize = 4096;
 
 impl StackFs {
-    pub fn new(stack: Arc<Stack>) -> Self {
+    pub fn new(stack: Arc<Stack>, owner: Option<(u32, u32)>) -> Self {
         StackFs {
             stack,
+            owner,
             listings: Mutex::new(HashMap::new()),
         }
     }
 
     fn entry(&self, ino: INodeNo) -> Result<Entry, Errno> {
         self.stack.entry(ino.0).map_err(to_errno)
+    }
+
+    /// `stat` attributes, with the owner override applied.
+    fn attr(&self, entry: &Entry) -> FileAttr {
+        let mut a = attr(entry);
+        if let Some((uid, gid)) = self.owner {
+            a.uid = uid;
+            a.gid = gid;
+        }
+        a
     }
 
     fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
@@ -169,7 +182,7 @@ impl Filesystem for StackFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.stack.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(entry)) => reply.entry(&TTL, &attr(&entry), Generation(0)),
+            Ok(Some(entry)) => reply.entry(&TTL, &self.attr(&entry), Generation(0)),
             Ok(None) => reply.error(Errno::ENOENT),
             Err(e) => reply.error(to_errno(e)),
         }
@@ -177,7 +190,7 @@ impl Filesystem for StackFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.entry(ino) {
-            Ok(entry) => reply.attr(&TTL, &attr(&entry)),
+            Ok(entry) => reply.attr(&TTL, &self.attr(&entry)),
             Err(e) => reply.error(e),
         }
     }
@@ -320,7 +333,7 @@ impl Filesystem for StackFs {
                     index as u64 + 1,
                     OsStr::from_bytes(name),
                     &TTL,
-                    &attr(&this),
+                    &self.attr(&this),
                     Generation(0),
                 )
             } else {
@@ -330,7 +343,7 @@ impl Filesystem for StackFs {
                     index as u64 + 1,
                     OsStr::from_bytes(name),
                     &TTL,
-                    &attr(entry),
+                    &self.attr(entry),
                     Generation(0),
                 )
             };
@@ -405,6 +418,10 @@ pub struct MountSettings {
     pub allow_other: bool,
     /// Worker threads answering the kernel; 0 means one per CPU.
     pub threads: usize,
+    /// Report every entry as owned by this uid/gid. A user namespace maps only the
+    /// invoking user, and the kernel overlay cannot copy up a file whose owner is not
+    /// mapped, so the launcher presents the whole tree as owned by that one identity.
+    pub owner: Option<(u32, u32)>,
 }
 
 fn config(settings: &MountSettings) -> Config {
@@ -436,7 +453,11 @@ pub fn session(
     mountpoint: &Path,
     settings: &MountSettings,
 ) -> std::io::Result<fuser::Session<StackFs>> {
-    fuser::Session::new(StackFs::new(stack), mountpoint, &config(settings))
+    fuser::Session::new(
+        StackFs::new(stack, settings.owner),
+        mountpoint,
+        &config(settings),
+    )
 }
 
 /// Mounts `stack` read-only at `mountpoint` and serves it on background threads until the
@@ -446,7 +467,11 @@ pub fn mount(
     mountpoint: &Path,
     settings: &MountSettings,
 ) -> std::io::Result<fuser::BackgroundSession> {
-    fuser::spawn_mount(StackFs::new(stack), mountpoint, &config(settings))
+    fuser::spawn_mount(
+        StackFs::new(stack, settings.owner),
+        mountpoint,
+        &config(settings),
+    )
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ pub fn run(image_path: &Path, dir: &Path, allow_other: bool) -> anyhow::Result<(
     let settings = MountSettings {
         allow_other,
         threads: 0,
+        owner: None,
     };
     let mut fs = session(Arc::new(stack), dir, &settings)
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", dir.display()))?;

@@ -1,0 +1,346 @@
+//! The session daemon, forked from the first launcher of an image. It creates the
+//! namespaces, serves the merged layers over FUSE, mounts the kernel overlay on top and
+//! then waits: every launcher holds a connection, and when the last one closes (exit or
+//! SIGKILL alike) the daemon unmounts, removes its directories and exits. No polling while
+//! instances run; the daemon sleeps in `poll` until a launcher comes or goes.
+
+use std::fs::{DirBuilder, File};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use fim_image::Image;
+use fim_layers::fuse::{MountSettings, session as fuse_session};
+use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::{ForkResult, fork, setsid};
+
+use crate::debug;
+use crate::namespaces;
+use crate::places::Places;
+use crate::session::{Greeting, lock_file, send};
+
+/// Retry period while a launcher holds the session lock as the last instance left: it is
+/// about to connect, or it died and the kernel is releasing its lock.
+const LOCK_RETRY_MS: u16 = 20;
+
+/// Forks the daemon and returns the launcher's end of its first connection.
+pub fn spawn(
+    image: &Image,
+    places: &Places,
+    uid: u32,
+    gid: u32,
+    identity: &str,
+) -> anyhow::Result<UnixStream> {
+    let (ours, theirs) = UnixStream::pair().context("cannot create a socket pair")?;
+    // Buffered output would otherwise be written twice, once by each process.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: the launcher is single-threaded here, so the child may run any code.
+    match unsafe { fork() }.context("cannot fork the session daemon")? {
+        ForkResult::Parent { .. } => Ok(ours),
+        ForkResult::Child => {
+            drop(ours);
+            let code = daemon_main(image, places, uid, gid, identity, theirs);
+            // Nothing of the launcher's (locks, buffers) may run its destructors here.
+            // SAFETY: ends this process without unwinding.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+fn daemon_main(
+    image: &Image,
+    places: &Places,
+    uid: u32,
+    gid: u32,
+    identity: &str,
+    mut first: UnixStream,
+) -> i32 {
+    let _ = setsid();
+    detach(&first);
+    match Daemon::set_up(image, places, uid, gid) {
+        Ok(daemon) => daemon.serve(first, identity),
+        Err(e) => {
+            remove_dirs(places);
+            send(&mut first, &Greeting::Failed(format!("{e:#}")));
+            1
+        }
+    }
+}
+
+/// Leaves the terminal and the launcher's files: stdio goes to /dev/null (stderr stays
+/// under `FIM_DEBUG`) and every inherited descriptor but `keep` is closed, above all the
+/// launcher's session lock, which would otherwise stay held by this process.
+fn detach(keep: &UnixStream) {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        if !debug::enabled() {
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
+    }
+    let keep = keep.as_raw_fd() as libc::c_uint;
+    // SAFETY: close_range only closes descriptors; nothing below uses the closed ones.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0);
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+    }
+}
+
+struct Daemon<'a> {
+    places: &'a Places,
+    listener: UnixListener,
+    signals: SignalFd,
+    /// Becomes readable (hang-up) when the FUSE server stops.
+    fuse_stopped: OwnedFd,
+    fuse: fuser::SessionUnmounter,
+    /// Held for the daemon's life: one session per data directory.
+    data_lock: Flock<File>,
+}
+
+impl<'a> Daemon<'a> {
+    fn set_up(image: &Image, places: &'a Places, uid: u32, gid: u32) -> anyhow::Result<Self> {
+        let data_lock = Flock::lock(
+            lock_file(&places.data_lock)?,
+            FlockArg::LockExclusiveNonblock,
+        )
+        .map_err(|(_, e)| e);
+        let data_lock = match data_lock {
+            Ok(lock) => lock,
+            Err(Errno::EWOULDBLOCK) => bail!(
+                "the data directory {} is in use by another session of this image (another user, or another TMPDIR); close it first",
+                places.data.display()
+            ),
+            Err(e) => return Err(e).context("cannot lock the data directory"),
+        };
+        for dir in [&places.instance, &places.layers, &places.root] {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let mut stop = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            stop.add(s);
+        }
+        stop.thread_block().context("cannot block signals")?;
+        let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .context("cannot create a signalfd")?;
+
+        namespaces::create(uid, gid)?;
+
+        let stack = {
+            let _step = debug::Step::new("daemon: open the layers");
+            image.stack(BlockCache::new(DEFAULT_CACHE_BYTES))?
+        };
+        let settings = MountSettings {
+            // The sandbox runs in a nested user namespace, not as the mounter.
+            allow_other: true,
+            threads: 0,
+            owner: (uid != 0).then_some((0, 0)),
+        };
+        let mut session = {
+            let _step = debug::Step::new("daemon: mount the layers (FUSE)");
+            fuse_session(Arc::new(stack), &places.layers, &settings).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot mount the image's layers with FUSE: {e} (is /dev/fuse present and open to you?)"
+                )
+            })?
+        };
+        let fuse = session.unmount_callable();
+        let (fuse_stopped, stopped_writer) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+        std::thread::Builder::new()
+            .name("fuse".into())
+            .spawn(move || {
+                let _ = session.run();
+                drop(stopped_writer);
+            })
+            .context("cannot start the FUSE server")?;
+
+        let mut fuse = fuse;
+        if let Err(e) = mount_overlay(places) {
+            let _ = fuse.unmount();
+            return Err(e);
+        }
+
+        let listener = UnixListener::bind(&places.socket)
+            .with_context(|| format!("cannot listen on {}", places.socket.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(Daemon {
+            places,
+            listener,
+            signals,
+            fuse_stopped,
+            fuse,
+            data_lock,
+        })
+    }
+
+    /// Serves launchers until the last one leaves; returns the exit status.
+    fn serve(self, first: UnixStream, identity: &str) -> i32 {
+        let mut clients = Vec::new();
+        self.admit(first, &mut clients, identity);
+        let mut stopping = false;
+        loop {
+            let mut timeout = PollTimeout::NONE;
+            if clients.is_empty() {
+                let lock = lock_file(&self.places.session_lock)
+                    .ok()
+                    .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+                match lock {
+                    Some(guard) => {
+                        // Holding the lock, no launcher can be on its way in, except one
+                        // already queued on the socket.
+                        match self.listener.accept() {
+                            Ok((stream, _)) if !stopping => {
+                                self.admit(stream, &mut clients, identity);
+                                continue;
+                            }
+                            _ => {
+                                self.shut_down();
+                                drop(guard);
+                                return 0;
+                            }
+                        }
+                    }
+                    None => timeout = PollTimeout::from(LOCK_RETRY_MS),
+                }
+            }
+
+            let (listener_ready, signalled, fuse_gone, closed) = {
+                let mut fds = vec![
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.fuse_stopped.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(
+                    clients
+                        .iter()
+                        .map(|c: &UnixStream| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
+                );
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => return self.fail_all(clients),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                let closed: Vec<usize> = fds[3..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, fd)| ready(fd))
+                    .map(|(i, _)| i)
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]), closed)
+            };
+
+            // A launcher never writes: readable means it hung up (or misbehaves).
+            for i in closed.into_iter().rev() {
+                let mut byte = [0u8; 1];
+                match clients[i].read(&mut byte) {
+                    Ok(0) | Err(_) => {
+                        clients.swap_remove(i);
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if signalled || fuse_gone {
+                if signalled {
+                    let _ = self.signals.read_signal();
+                    debug::log("daemon: stopped by a signal");
+                } else {
+                    debug::log("daemon: the FUSE server stopped");
+                }
+                stopping = true;
+                clients.clear();
+            }
+            if listener_ready {
+                while let Ok((stream, _)) = self.listener.accept() {
+                    if stopping {
+                        let mut stream = stream;
+                        send(
+                            &mut stream,
+                            &Greeting::Failed("the session is stopping; run again".into()),
+                        );
+                    } else {
+                        self.admit(stream, &mut clients, identity);
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, mut stream: UnixStream, clients: &mut Vec<UnixStream>, identity: &str) {
+        let greeting = Greeting::Ready {
+            pid: nix::unistd::getpid().as_raw(),
+            image: identity.to_string(),
+            instances: clients.len() as u32 + 1,
+        };
+        if stream.write_all(greeting.encode().as_bytes()).is_ok() {
+            clients.push(stream);
+        }
+    }
+
+    fn fail_all(self, clients: Vec<UnixStream>) -> i32 {
+        drop(clients);
+        self.shut_down();
+        1
+    }
+
+    /// Unmounts (lazily: a dying sandbox may still hold them), removes the socket and the
+    /// mount points, and releases the data directory.
+    fn shut_down(mut self) {
+        let _ = std::fs::remove_file(&self.places.socket);
+        let _ = umount2(&self.places.root, MntFlags::MNT_DETACH);
+        let _ = self.fuse.unmount();
+        remove_dirs(self.places);
+        drop(self.data_lock);
+    }
+}
+
+/// Mounts the kernel overlay: the merged layers below, the data directory's upper and
+/// work directories above. Paths are given relative to the data directory, whose name the
+/// user chose and may hold the `,` and `:` that separate overlay options.
+fn mount_overlay(places: &Places) -> anyhow::Result<()> {
+    let _step = debug::Step::new("daemon: mount the overlay");
+    std::env::set_current_dir(&places.data)
+        .with_context(|| format!("cannot enter {}", places.data.display()))?;
+    // `userxattr`: the same deletion markers whether root or a user mounted it.
+    let options = format!(
+        "lowerdir={},upperdir=upper,workdir=work,userxattr",
+        places.layers.display()
+    );
+    let result = mount(
+        Some("fim"),
+        &places.root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    );
+    let _ = std::env::set_current_dir("/");
+    result.map_err(|e| {
+        anyhow::anyhow!(
+            "the kernel refused the overlay mount ({e}) of {} over the image",
+            places.upper.display()
+        )
+    })
+}
+
+/// Removes the session's directories; they are empty once unmounted.
+fn remove_dirs(places: &Places) {
+    for dir in [&places.layers, &places.root, &places.instance] {
+        if let Err(e) = std::fs::remove_dir(dir)
+            && e.kind() != ErrorKind::NotFound
+        {
+            debug::log(format!("daemon: cannot remove {}: {e}", dir.display()));
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Namespaces of a session: the daemon creates them, every launcher of the image joins
+//! them. A normal user gets a user namespace in which they are root (so they may mount);
+//! root needs only a mount namespace. Mounts made there are invisible to the rest of the
+//! system and vanish with the last process inside.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::Context;
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// Creates the session's namespaces in the calling (single-threaded) process.
+/// `uid`/`gid` are the caller's ids outside; inside a new user namespace they become 0.
+pub fn create(uid: u32, gid: u32) -> anyhow::Result<()> {
+    if uid == 0 {
+        unshare(CloneFlags::CLONE_NEWNS).context("cannot create a mount namespace")?;
+    } else {
+        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create a user namespace ({e}): unprivileged user namespaces are disabled on this system{}",
+                userns_hint()
+            )
+        })?;
+        // A process may map only its own ids into a namespace it created, and must give up
+        // setgroups(2) before it may write a gid map.
+        std::fs::write("/proc/self/setgroups", "deny").context("writing /proc/self/setgroups")?;
+        std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).context("writing uid_map")?;
+        std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).context("writing gid_map")?;
+    }
+    // Slave, not private: mounts the host makes later (a USB stick) still appear inside,
+    // and nothing made inside leaks out.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("cannot make the mount namespace private")?;
+    Ok(())
+}
+
+/// The sysctl that refuses user namespaces on this machine, if one does.
+fn userns_hint() -> String {
+    for (path, refusing, fix) in [
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+            "kernel.apparmor_restrict_unprivileged_userns=1",
+        ),
+        (
+            "/proc/sys/kernel/unprivileged_userns_clone",
+            "0",
+            "kernel.unprivileged_userns_clone=0",
+        ),
+        (
+            "/proc/sys/user/max_user_namespaces",
+            "0",
+            "user.max_user_namespaces=0",
+        ),
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == refusing) {
+            return format!(" by {fix}");
+        }
+    }
+    String::new()
+}
+
+/// Moves the calling (single-threaded) process into the namespaces of session process
+/// `pid`: its user namespace when it has its own, then its mount namespace.
+pub fn join(pid: i32) -> anyhow::Result<()> {
+    let open = |kind: &str| {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        File::open(&path).with_context(|| format!("cannot open {path}"))
+    };
+    let theirs = open("user")?;
+    let ours = File::open("/proc/self/ns/user").context("cannot open /proc/self/ns/user")?;
+    let mnt = open("mnt")?;
+    if theirs.metadata()?.ino() != ours.metadata()?.ino() {
+        setns(&theirs, CloneFlags::CLONE_NEWUSER)
+            .context("cannot join the session's user namespace")?;
+    }
+    setns(&mnt, CloneFlags::CLONE_NEWNS).context("cannot join the session's mount namespace")?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Where a run keeps its files. The data directory next to the image holds what must
+//! persist (upper and work directories, the session lock); the per-user runtime directory
+//! under `TMPDIR` holds what lives only while instances run (mount points, the socket).
+
+use std::ffi::OsString;
+use std::fs::DirBuilder;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// Longest socket path `sockaddr_un` can carry.
+const SUN_PATH_MAX: usize = 107;
+
+/// Every path a run uses.
+#[derive(Debug, Clone)]
+pub struct Places {
+    /// The image file.
+    pub image: PathBuf,
+    /// `<image dir>/.<image name>.data`, or `FIM_DIR_DATA`.
+    pub data: PathBuf,
+    /// Persistent changes: the overlay's upper directory.
+    pub upper: PathBuf,
+    /// Held exclusively by the session that mounts `upper`: one session per data directory.
+    pub data_lock: PathBuf,
+    /// Serialises starting, joining and stopping the session of this data directory.
+    pub session_lock: PathBuf,
+    /// `<runtime>/<key>`: this session's mount points and socket.
+    pub instance: PathBuf,
+    pub socket: PathBuf,
+    /// Mount point of the merged read-only layers (FUSE).
+    pub layers: PathBuf,
+    /// Mount point of the writable view (overlay) that becomes the sandbox's `/`.
+    pub root: PathBuf,
+}
+
+impl Places {
+    /// Resolves the places of `image` for user `uid` and creates the persistent ones.
+    pub fn prepare(image: &Path, uid: u32) -> anyhow::Result<Places> {
+        let data = data_dir(image)?;
+        let upper = data.join("upper");
+        let work = data.join("work");
+        create_dir(&upper, 0o755)?;
+        create_dir(&work, 0o700)?;
+
+        let runtime = runtime_base().join(format!("fim-{uid}"));
+        ensure_private_dir(&runtime, uid)?;
+        let key = session_key(&data);
+        let instance = runtime.join(&key);
+        check_mount_path(&instance)?;
+        let socket = instance.join("sock");
+        if socket.as_os_str().len() > SUN_PATH_MAX {
+            bail!(
+                "the runtime directory {} is too deep for a socket path: set TMPDIR to a shorter path",
+                runtime.display()
+            );
+        }
+        Ok(Places {
+            image: image.to_path_buf(),
+            data_lock: data.join("lock"),
+            upper,
+            session_lock: runtime.join(format!("{key}.lock")),
+            layers: instance.join("layers"),
+            root: instance.join("root"),
+            socket,
+            instance,
+            data,
+        })
+    }
+}
+
+/// `FIM_DIR_DATA`, else `.<name>.data` beside the image; created, then made canonical so
+/// every way of naming it leads to the same session.
+fn data_dir(image: &Path) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("FIM_DIR_DATA").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => default_data_dir(image)?,
+    };
+    create_dir(&dir, 0o700)?;
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve the data directory {}", dir.display()))
+}
+
+/// `<dir>/.<name>.data` for image `<dir>/<name>`.
+pub fn default_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
+    let name = image
+        .file_name()
+        .with_context(|| format!("{} has no file name", image.display()))?;
+    let mut hidden = OsString::from(".");
+    hidden.push(name);
+    hidden.push(".data");
+    Ok(image.parent().unwrap_or(Path::new(".")).join(hidden))
+}
+
+fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// `TMPDIR` when it names an absolute path, else `/tmp`.
+fn runtime_base() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Creates `dir` 0700 or accepts an existing one only if it is a real directory owned by
+/// `uid` that nobody else can enter: another user must not be able to plant mount points
+/// or a socket where ours go.
+pub fn ensure_private_dir(dir: &Path, uid: u32) -> anyhow::Result<()> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "refusing to use {}: it is not a directory; remove it",
+            dir.display()
+        );
+    }
+    if meta.uid() != uid {
+        bail!(
+            "refusing to use {}: it is owned by uid {}, not by you (uid {uid}); remove it or set TMPDIR",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "refusing to use {}: its mode {:o} lets other users in; run chmod 700 on it",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// The kernel's overlay options separate paths with `,` and `:`; a mount point path with
+/// either (or a backslash) cannot be passed.
+fn check_mount_path(path: &Path) -> anyhow::Result<()> {
+    if path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b',' | b':' | b'\\'))
+    {
+        bail!(
+            "the runtime directory {} contains ',', ':' or '\\', which overlay mount options cannot carry: set TMPDIR to a plain path",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Names the session of a data directory: a hash of its canonical path.
+fn session_key(data: &Path) -> String {
+    let hash = xxhash_rust::xxh3::xxh3_64(data.as_os_str().as_bytes());
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn default_data_dir_is_hidden_beside_the_image() {
+        let dir = default_data_dir(Path::new("/opt/apps/app.flatimage")).unwrap();
+        assert_eq!(dir, Path::new("/opt/apps/.app.flatimage.data"));
+    }
+
+    #[test]
+    fn session_key_depends_only_on_the_path() {
+        assert_eq!(
+            session_key(Path::new("/a/b")),
+            session_key(Path::new("/a/b"))
+        );
+        assert_ne!(
+            session_key(Path::new("/a/b")),
+            session_key(Path::new("/a/c"))
+        );
+        assert_eq!(session_key(Path::new("/a/b")).len(), 16);
+    }
+
+    #[test]
+    fn mount_paths_with_option_separators_are_refused() {
+        assert!(check_mount_path(Path::new("/tmp/fim-1/abc")).is_ok());
+        for bad in ["/tmp/a,b/x", "/tmp/a:b/x", "/tmp/a\\b/x"] {
+            assert!(check_mount_path(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fim-x");
+        let uid = nix::unistd::getuid().as_raw();
+        ensure_private_dir(&dir, uid).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        ensure_private_dir(&dir, uid).unwrap();
+    }
+
+    #[test]
+    fn private_dir_open_to_others_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fim-x");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let err = ensure_private_dir(&dir, uid).unwrap_err().to_string();
+        assert!(err.contains("lets other users in"), "{err}");
+    }
+
+    #[test]
+    fn private_dir_owned_by_someone_else_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fim-x");
+        let uid = nix::unistd::getuid().as_raw();
+        ensure_private_dir(&dir, uid).unwrap();
+        let err = ensure_private_dir(&dir, uid + 1).unwrap_err().to_string();
+        assert!(err.contains("not by you"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_is_not_a_private_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("fim-x");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        assert!(ensure_private_dir(&link, uid).is_err());
+    }
+}

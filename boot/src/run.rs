@@ -1,0 +1,159 @@
+//! The run path: join (or start) the image's session, enter its namespaces and run the
+//! command in bubblewrap over the session's writable view.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use fim_image::Image;
+use fim_reserved::{Overlay, Permissions};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+
+use crate::debug::{self, Step};
+use crate::environment::{RunFacts, sandbox_env};
+use crate::places::Places;
+use crate::sandbox::{SYSTEM_DIRS, Sandbox};
+use crate::supervise::{self, Outcome};
+use crate::{namespaces, session, shim};
+
+/// One run of a command in the image.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Program and arguments, as given.
+    pub command: Vec<OsString>,
+    /// Run as uid 0 with the image's system directories writable (`fim-root`).
+    pub as_root: bool,
+}
+
+pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<ExitCode> {
+    if overlay != Overlay::Bwrap {
+        bail!(
+            "the {overlay} overlay backend is not available in this version yet: run `fim-overlay set bwrap` or unset FIM_OVERLAY"
+        );
+    }
+    let ignored = shim::ignored_at_start();
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let cwd = std::env::current_dir().ok();
+    let host_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+
+    let places = {
+        let _step = Step::new("prepare the data and runtime directories");
+        Places::prepare(image.path(), uid)?
+    };
+    let membership = session::connect(&image, &places, uid, gid)?;
+    {
+        let _step = Step::new("join the session's namespaces");
+        namespaces::join(membership.daemon)?;
+    }
+    let bwrap = find_bwrap()?;
+
+    let root_dir = File::open(&places.root)
+        .with_context(|| format!("cannot open {}", places.root.display()))?;
+    let read_only = if launch.as_root {
+        Vec::new()
+    } else {
+        SYSTEM_DIRS
+            .iter()
+            .filter(|d| is_real_dir(&places.root.join(d)))
+            .map(|d| d.to_string())
+            .collect()
+    };
+    let cwd = match cwd {
+        Some(dir) if dir_inside(&root_dir, &dir) => dir,
+        Some(dir) => {
+            debug::log(format!(
+                "{} is not in the image; starting in /",
+                dir.display()
+            ));
+            PathBuf::from("/")
+        }
+        None => PathBuf::from("/"),
+    };
+    let (status_read, status_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // The shim is this very launcher, run from the image through a descriptor.
+    let exe = File::open("/proc/self/exe").context("cannot open /proc/self/exe")?;
+    let command = shim::command(
+        exe.as_raw_fd(),
+        status_write.as_raw_fd(),
+        ignored,
+        &launch.command,
+    );
+    let sandbox = Sandbox {
+        root: places.root.clone(),
+        user: (uid != 0 && !launch.as_root).then_some((uid, gid)),
+        network: image
+            .reserved()
+            .permissions()
+            .contains(Permissions::network),
+        unshare: image.reserved().unshare(),
+        read_only,
+        cwd,
+        status_fd: status_write.as_raw_fd(),
+    };
+    let facts = RunFacts {
+        image: places.image.clone().into_os_string(),
+        image_dir: places
+            .image
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .as_os_str()
+            .to_owned(),
+        data_dir: places.data.clone().into_os_string(),
+        overlay: overlay.to_string(),
+        as_root: launch.as_root,
+    };
+    let env = sandbox_env(host_env, &facts);
+    let args = sandbox.args(&command);
+    debug::log(format!("bwrap {}", shown(&args)));
+    let outcome = supervise::run(
+        &bwrap,
+        &args,
+        &env,
+        (status_read, status_write),
+        &[exe.as_raw_fd()],
+    )?;
+    drop(membership);
+    if outcome == Outcome::SetupFailed {
+        bail!("the sandbox could not be set up (bubblewrap's message is above)");
+    }
+    Ok(outcome.into())
+}
+
+/// `FIM_BWRAP`, else `bwrap` from `PATH`.
+fn find_bwrap() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FIM_BWRAP").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bwrap"))
+        .find(|p| p.is_file())
+        .context("bubblewrap is not installed (no bwrap in PATH): install the bubblewrap package, or set FIM_BWRAP")
+}
+
+/// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Whether `dir` exists inside the image, resolving symlinks as the sandbox would.
+fn dir_inside(root: &File, dir: &Path) -> bool {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .mode(Mode::empty())
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+    openat2(root, dir, how).is_ok()
+}
+
+fn shown(args: &[OsString]) -> String {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

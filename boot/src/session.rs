@@ -1,0 +1,275 @@
+//! A session: one daemon per data directory holds the namespaces, the FUSE server and the
+//! overlay mount; every launcher of the image connects to it and joins its namespaces.
+//! The kernel refuses (or corrupts) two overlay mounts sharing an upper directory, so
+//! concurrent instances must share one mount. The daemon lives exactly as long as some
+//! launcher holds a connection: the last one to exit, or be killed, ends it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fim_image::Image;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use crate::daemon;
+use crate::debug::{self, Step};
+use crate::places::Places;
+
+/// How long a launcher waits for a live daemon to greet it.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first line a daemon sends on every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// The mounts are up. `pid` is the daemon (whose namespaces to join), `image` the
+    /// identity of the layers it serves, `instances` the launchers connected, this one included.
+    Ready {
+        pid: i32,
+        image: String,
+        instances: u32,
+    },
+    /// The daemon could not set the session up; the text says why.
+    Failed(String),
+}
+
+impl Greeting {
+    pub fn encode(&self) -> String {
+        match self {
+            Greeting::Ready {
+                pid,
+                image,
+                instances,
+            } => format!("ready {pid} {image} {instances}\n"),
+            // One line, whatever the message held.
+            Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Greeting> {
+        let line = line.strip_suffix('\n')?;
+        if let Some(why) = line.strip_prefix("failed ") {
+            return Some(Greeting::Failed(why.to_string()));
+        }
+        let mut words = line.strip_prefix("ready ")?.split(' ');
+        let pid = words.next()?.parse().ok().filter(|p| *p > 0)?;
+        let image = words.next().filter(|w| !w.is_empty())?.to_string();
+        let instances = words.next()?.parse().ok()?;
+        words.next().is_none().then_some(Greeting::Ready {
+            pid,
+            image,
+            instances,
+        })
+    }
+}
+
+/// Identity of the layers an image carries: instances may share a session only if they
+/// serve the same layers.
+pub fn image_identity(image: &Image) -> String {
+    let mut digests = Vec::new();
+    for layer in image.layer_entries() {
+        digests.extend_from_slice(&layer.digest);
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&digests))
+}
+
+/// A launcher's membership in the session: dropping it (or dying) leaves the session.
+#[derive(Debug)]
+pub struct Membership {
+    _connection: UnixStream,
+    pub daemon: i32,
+    pub instances: u32,
+}
+
+/// Joins the running session of `places`, or starts one.
+pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Result<Membership> {
+    let identity = image_identity(image);
+    let lock = lock_file(&places.session_lock)?;
+    let _lock = {
+        let _step = Step::new("wait for the session lock");
+        Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("cannot lock {}", places.session_lock.display()))?
+    };
+
+    if let Some(stream) = connect_running(&places.socket)? {
+        let _step = Step::new("join the running session");
+        match greeting(stream)? {
+            Some(member) => return check_identity(member, &identity, places),
+            None => debug::log("the session's daemon died; starting a new one"),
+        }
+    }
+    remove_stale(places)?;
+    let _step = Step::new("start the session daemon");
+    let stream = daemon::spawn(image, places, uid, gid, &identity)?;
+    match greeting(stream)? {
+        Some(member) => check_identity(member, &identity, places),
+        None => {
+            bail!("the session daemon exited while starting (run with FIM_DEBUG=1 for details)")
+        }
+    }
+}
+
+fn check_identity(
+    (member, image): (Membership, String),
+    identity: &str,
+    places: &Places,
+) -> anyhow::Result<Membership> {
+    if image != identity {
+        bail!(
+            "{} changed its layers while {} other instance(s) still run the old ones; close them and run again",
+            places.image.display(),
+            member.instances.saturating_sub(1)
+        );
+    }
+    debug::log(format!(
+        "session daemon {} serves {} instance(s)",
+        member.daemon, member.instances
+    ));
+    Ok(member)
+}
+
+/// Connects to a live daemon's socket; `None` when there is none.
+fn connect_running(socket: &Path) -> anyhow::Result<Option<UnixStream>> {
+    match UnixStream::connect(socket) {
+        Ok(stream) => {
+            let peer = getsockopt(&stream, PeerCredentials)
+                .context("reading the peer of the session socket")?;
+            if peer.uid() != nix::unistd::geteuid().as_raw() {
+                bail!(
+                    "{} is served by uid {}, not by you; remove it",
+                    socket.display(),
+                    peer.uid()
+                );
+            }
+            Ok(Some(stream))
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
+    }
+}
+
+/// Reads the daemon's greeting: the membership, or `None` if the daemon hung up.
+fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> {
+    stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    reader
+        .read_line(&mut line)
+        .context("no answer from the session daemon")?;
+    drop(reader);
+    if line.is_empty() {
+        return Ok(None);
+    }
+    match Greeting::parse(&line) {
+        Some(Greeting::Ready {
+            pid,
+            image,
+            instances,
+        }) => Ok(Some((
+            Membership {
+                _connection: stream,
+                daemon: pid,
+                instances,
+            },
+            image,
+        ))),
+        Some(Greeting::Failed(why)) => bail!("{why}"),
+        None => bail!("the session daemon sent a garbled greeting: {line:?}"),
+    }
+}
+
+/// Removes what a dead daemon left: its socket and the empty mount points (its mounts
+/// died with its namespace).
+fn remove_stale(places: &Places) -> anyhow::Result<()> {
+    for file in [&places.socket] {
+        match std::fs::remove_file(file) {
+            Ok(()) => debug::log(format!("removed stale {}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", file.display())),
+        }
+    }
+    for dir in [&places.layers, &places.root, &places.instance] {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => debug::log(format!("removed stale {}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot remove the stale session directory {}",
+                        dir.display()
+                    )
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends a greeting, ignoring a launcher that already went away.
+pub fn send(stream: &mut UnixStream, greeting: &Greeting) {
+    let _ = stream.write_all(greeting.encode().as_bytes());
+}
+
+/// Opens (creating) a lock file.
+pub fn lock_file(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Greeting;
+
+    #[test]
+    fn ready_round_trips() {
+        let g = Greeting::Ready {
+            pid: 42,
+            image: "00ff".into(),
+            instances: 3,
+        };
+        assert_eq!(Greeting::parse(&g.encode()), Some(g));
+    }
+
+    #[test]
+    fn failure_stays_one_line() {
+        let g = Greeting::Failed("a\nb".into());
+        assert_eq!(g.encode(), "failed a b\n");
+        assert_eq!(
+            Greeting::parse(&g.encode()),
+            Some(Greeting::Failed("a b".into()))
+        );
+    }
+
+    #[test]
+    fn garbled_greetings_are_rejected() {
+        for bad in [
+            "",
+            "ready\n",
+            "ready 0 ab 1\n",
+            "ready -3 ab 1\n",
+            "ready 5 ab\n",
+            "ready 5 ab 1 extra\n",
+            "ready 5 ab 1",
+            "hello\n",
+        ] {
+            assert_eq!(Greeting::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Runs bubblewrap as a child and stays with it: relays signals sent to the launcher to the
+//! app, and exits with the app's status. The child gets `PDEATHSIG=SIGKILL`, so killing the
+//! launcher kills bubblewrap, whose `--die-with-parent` then ends the whole sandbox.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+use crate::debug;
+use crate::shim::RELAYED;
+
+/// `si_code` of a signal the kernel sent, e.g. the terminal's Ctrl-C to the whole
+/// foreground process group, which the app received as well.
+const SI_KERNEL: i32 = 0x80;
+
+/// How the sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The app ran; this is its exit status (128+N when killed by signal N).
+    Exited(u8),
+    /// bubblewrap failed before starting the app (it printed why).
+    SetupFailed,
+}
+
+/// Runs `bwrap ARGS` with `env`; `inherited` descriptors survive into it.
+pub fn run(
+    bwrap: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    status: (OwnedFd, OwnedFd),
+    inherited: &[i32],
+) -> anyhow::Result<Outcome> {
+    let mut watched = SigSet::empty();
+    for s in RELAYED {
+        watched.add(s);
+    }
+    watched.add(Signal::SIGCHLD);
+    watched.thread_block().context("cannot block signals")?;
+    let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("cannot create a signalfd")?;
+
+    let (status_read, status_write) = status;
+    let mut keep: Vec<i32> = inherited.to_vec();
+    keep.push(status_write.as_raw_fd());
+    let parent = nix::unistd::getpid().as_raw();
+    let mut command = Command::new(bwrap);
+    command.args(args).env_clear().envs(env.iter().cloned());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &keep {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for s in RELAYED {
+                libc::signal(s as libc::c_int, libc::SIG_IGN);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher died before the line above took effect.
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run {}", bwrap.display()))?;
+    drop(status_write);
+    nix::fcntl::fcntl(&status_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .context("cannot make the status pipe non-blocking")?;
+    let mut supervisor = Supervisor {
+        status: status_read,
+        text: Vec::new(),
+        sandbox_init: None,
+        open: true,
+    };
+    supervisor.wait(&mut child, &signals)
+}
+
+struct Supervisor {
+    status: OwnedFd,
+    text: Vec<u8>,
+    /// The sandbox's first process (bubblewrap's init), as the host sees it.
+    sandbox_init: Option<i32>,
+    open: bool,
+}
+
+impl Supervisor {
+    fn wait(&mut self, child: &mut Child, signals: &SignalFd) -> anyhow::Result<Outcome> {
+        loop {
+            let (status_ready, signal_ready) = {
+                let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                if self.open {
+                    fds.push(PollFd::new(self.status.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e).context("poll"),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                (fds.get(1).is_some_and(ready), ready(&fds[0]))
+            };
+            if status_ready {
+                self.read_status();
+            }
+            if signal_ready {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    let signo = info.ssi_signo as i32;
+                    if signo == libc::SIGCHLD {
+                        continue;
+                    }
+                    if info.ssi_code == SI_KERNEL {
+                        debug::log(format!(
+                            "signal {signo} from the terminal reached the app directly"
+                        ));
+                        continue;
+                    }
+                    self.relay(signo);
+                }
+                if let Some(status) = child.try_wait().context("waiting for bubblewrap")? {
+                    // Whatever bubblewrap reported before exiting is in the pipe by now.
+                    if self.open {
+                        self.read_status();
+                    }
+                    return Ok(self.outcome(status));
+                }
+            }
+        }
+    }
+
+    /// Reads what bubblewrap reported so far (the pipe does not block).
+    fn read_status(&mut self) {
+        let mut buf = [0u8; 512];
+        loop {
+            match nix::unistd::read(&self.status, &mut buf) {
+                Ok(0) => self.open = false,
+                Ok(n) => {
+                    self.text.extend_from_slice(&buf[..n]);
+                    continue;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => {}
+                Err(_) => self.open = false,
+            }
+            break;
+        }
+        self.parse_status();
+    }
+
+    /// bubblewrap writes one JSON object per line: `{"child-pid": N}`, then `{"exit-code": N}`.
+    fn parse_status(&mut self) {
+        while let Some(end) = self.text.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.text.drain(..=end).collect();
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line)
+                && let Some(pid) = value.get("child-pid").and_then(|p| p.as_i64())
+            {
+                self.sandbox_init = i32::try_from(pid).ok();
+            }
+        }
+    }
+
+    /// Sends `signo` to the app: the child of the sandbox's init (which, as a pid
+    /// namespace's init, ignores signals it has no handler for).
+    fn relay(&mut self, signo: i32) {
+        let Ok(signal) = Signal::try_from(signo) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_millis(200);
+        loop {
+            if let Some(app) = self.sandbox_init.and_then(first_child) {
+                debug::log(format!("relaying {signal} to the app (pid {app})"));
+                let _ = kill(Pid::from_raw(app), signal);
+                return;
+            }
+            // The app is being started: give it a moment rather than lose the signal.
+            if Instant::now() > deadline {
+                debug::log(format!("{signal} arrived before the app started; dropped"));
+                return;
+            }
+            if self.open && self.sandbox_init.is_none() {
+                self.read_status();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn outcome(&self, status: std::process::ExitStatus) -> Outcome {
+        if self.sandbox_init.is_none() {
+            return Outcome::SetupFailed;
+        }
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Outcome::Exited(code as u8),
+            (None, Some(sig)) => Outcome::Exited(128u8.wrapping_add(sig as u8)),
+            _ => Outcome::Exited(125),
+        }
+    }
+}
+
+/// The first child of `pid`, from `/proc/PID/task/PID/children`.
+fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> ExitCode {
+        match o {
+            Outcome::Exited(code) => ExitCode::from(code),
+            Outcome::SetupFailed => ExitCode::from(crate::RUNTIME_ERROR),
+        }
+    }
+}
