@@ -7,6 +7,41 @@ use anyhow::bail;
 
 const TOPICS: &[(&str, &str, &str)] = &[
     (
+        "fim-exec",
+        "fim-exec PROGRAM [ARGS...]",
+        "Run PROGRAM inside the image, as you. Without a fim- command, the image runs its\n\
+         boot command (fim-boot) with your arguments appended. The app's exit status passes\n\
+         through; 127 means the program is not in the image; the launcher's own failures\n\
+         exit 125.\n\
+         \n\
+         The app sees the image as /, writable: changes are kept in the data directory\n\
+         .<image name>.data/ beside the image (FIM_DIR_DATA overrides it). The image's\n\
+         system directories (/usr, /etc, /bin, /sbin, /lib*, /boot) are read-only here;\n\
+         use fim-root to change them. /tmp is private, /dev and /proc are the sandbox's own,\n\
+         the network is off unless the image has the network permission, and the host's\n\
+         environment is not passed except TERM, COLORTERM, NO_COLOR, LANG, LANGUAGE, LC_*,\n\
+         TZ, HOME, USER and LOGNAME. The app gets FIM_IMAGE, FIM_DIR_IMAGE, FIM_DIR_DATA,\n\
+         FIM_OVERLAY, FIM_VERSION and FIM_ROOT.\n\
+         \n\
+         Instances of one image run at the same time share one view: each sees what the\n\
+         others write. Signals sent to the launcher (TERM, INT, HUP, QUIT, USR1, USR2) go to\n\
+         the app; killing the launcher ends the app and everything it mounted.\n\
+         FIM_DEBUG=1 logs each step with its duration; FIM_BWRAP names the bwrap to use.",
+    ),
+    (
+        "fim-root",
+        "fim-root PROGRAM [ARGS...]",
+        "Run PROGRAM inside the image as uid 0, with the system directories writable, so\n\
+         a package manager can install into the image's writable layer. FIM_ROOT=1 makes\n\
+         every run do so. On the host, files it creates belong to you.",
+    ),
+    (
+        "fim-boot",
+        "fim-boot set PROGRAM [ARGS...] | fim-boot show | fim-boot clear",
+        "Store the command the image runs when started without a fim- command (default\n\
+         /bin/sh). Arguments given at run time are appended. `fim build --boot` sets it too.",
+    ),
+    (
         "fim-help",
         "fim-help [TOPIC]",
         "List the commands, or explain one of them.",

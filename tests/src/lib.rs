@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod image;
 pub mod mount;
 pub mod run;
+pub mod sandbox;
 pub mod tree;
 
 pub use bins::{dist_dir, fim_boot_path, fim_path};

@@ -89,6 +89,27 @@ pub fn run(cmd: &mut Command) -> Output {
     }
 }
 
+/// `spawn` that retries an `ETXTBSY` (see [`run`]) and panics on any other failure.
+pub trait SpawnRetrying {
+    fn spawn_retrying(&mut self) -> std::process::Child;
+}
+
+impl SpawnRetrying for Command {
+    fn spawn_retrying(&mut self) -> std::process::Child {
+        let mut attempts = 0;
+        loop {
+            match self.spawn() {
+                Ok(child) => return child,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot run {self:?}: {e}"),
+            }
+        }
+    }
+}
+
 /// Runs `fim ARGS...` (the packer from [`fim_path`]).
 pub fn fim<I, S>(args: I) -> Output
 where

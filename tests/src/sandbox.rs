@@ -1,0 +1,320 @@
+//! Running images as a user would: as whoever runs the tests, or as an unprivileged user
+//! the tests create. The unprivileged user needs read-write access to `/dev/fuse` (0600 on
+//! many machines): it is granted with an ACL while such tests run and removed after.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use crate::fsutil::{is_root, skip, which};
+use crate::image::build_with;
+use crate::run::{Output, run};
+
+/// Name of the unprivileged user the tests create.
+pub const TEST_USER: &str = "fim-e2e";
+
+/// Who runs an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Whoever runs the tests (root in CI).
+    Invoker,
+    /// The unprivileged [`TEST_USER`].
+    User,
+}
+
+/// uid and gid of a user, from `id`.
+fn ids(user: &str) -> Option<(u32, u32)> {
+    let id = |flag: &str| {
+        let out = Command::new("id").arg(flag).arg(user).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+/// Creates [`TEST_USER`] once; `None` (with the reason) when that is impossible here.
+fn test_user() -> Result<(u32, u32), String> {
+    static USER: OnceLock<Result<(u32, u32), String>> = OnceLock::new();
+    USER.get_or_init(|| {
+        if !is_root() {
+            return Err("creating a test user needs root".into());
+        }
+        if let Some(ids) = ids(TEST_USER) {
+            return Ok(ids);
+        }
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/bin/sh",
+                TEST_USER,
+            ])
+            .output()
+            .map_err(|e| format!("cannot run useradd: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "useradd failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        ids(TEST_USER).ok_or_else(|| "useradd made no user".into())
+    })
+    .clone()
+}
+
+/// While alive, [`TEST_USER`] may open `/dev/fuse`; the last one dropped removes the ACL.
+pub struct FuseAccess;
+
+static FUSE_HOLDERS: Mutex<usize> = Mutex::new(0);
+
+impl FuseAccess {
+    fn grant() -> Result<FuseAccess, String> {
+        let mut holders = FUSE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if *holders == 0 {
+            let out = Command::new("setfacl")
+                .args(["-m", &format!("u:{TEST_USER}:rw"), "/dev/fuse"])
+                .output()
+                .map_err(|e| format!("cannot run setfacl (package acl): {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "setfacl on /dev/fuse failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        *holders += 1;
+        Ok(FuseAccess)
+    }
+}
+
+impl Drop for FuseAccess {
+    fn drop(&mut self) {
+        let mut holders = FUSE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        *holders -= 1;
+        if *holders == 0 {
+            let _ = Command::new("setfacl")
+                .args(["-x", &format!("u:{TEST_USER}"), "/dev/fuse"])
+                .status();
+        }
+    }
+}
+
+/// An image copied into a directory of its own (so it has its own data directory and
+/// session), run by one identity.
+pub struct App {
+    pub who: Who,
+    /// uid and gid the image runs as.
+    pub uid: u32,
+    pub gid: u32,
+    pub dir: tempfile::TempDir,
+    pub image: PathBuf,
+    _fuse: Option<FuseAccess>,
+}
+
+/// The directory of `tools/`.
+pub fn tools_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools")
+}
+
+/// Why images cannot run here at all, if they cannot.
+pub fn cannot_run_images() -> Option<String> {
+    if which("bwrap").is_none() {
+        return Some("bubblewrap is not installed".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse does not exist".into());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("busybox-static is not installed".into());
+    }
+    None
+}
+
+/// A root filesystem from `tools/make-test-rootfs` with `/data/keep.txt` and
+/// `/data/gone.txt` (a directory outside the system directories, writable by everyone),
+/// built into an image once per test process; returns its path.
+pub fn base_image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let dir = base_dir();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create base image dir");
+            // SAFETY: registers a plain function to run at exit.
+            unsafe { libc::atexit(remove_base_dir) };
+            let rootfs = dir.join("rootfs");
+            let out = run(Command::new(tools_dir().join("make-test-rootfs")).arg(&rootfs));
+            out.assert_ok();
+            std::fs::create_dir(rootfs.join("data")).expect("mkdir data");
+            crate::fsutil::chmod(&rootfs.join("data"), 0o1777);
+            std::fs::write(rootfs.join("data/keep.txt"), "keep\n").expect("write keep");
+            std::fs::write(rootfs.join("data/gone.txt"), "gone\n").expect("write gone");
+            let image = dir.join("base.flatimage");
+            build_with(&[&rootfs], &image, &["--level", "3"]);
+            std::fs::remove_dir_all(&rootfs).expect("remove rootfs");
+            image
+        })
+        .clone()
+}
+
+/// Where [`base_image`] builds, one directory per test process.
+fn base_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("fim-tests.base.{}", std::process::id()))
+}
+
+extern "C" fn remove_base_dir() {
+    let _ = std::fs::remove_dir_all(base_dir());
+}
+
+impl App {
+    /// A fresh copy of the base image run by `who`; `None` (after printing why) when
+    /// that cannot be done here.
+    pub fn new(test: &str, who: Who) -> Option<App> {
+        Self::from_image(test, who, &base_image())
+    }
+
+    /// A fresh copy of `image` run by `who`.
+    pub fn from_image(test: &str, who: Who, image: &Path) -> Option<App> {
+        if let Some(why) = cannot_run_images() {
+            skip(&format!("{test}: {why}"));
+            return None;
+        }
+        let (uid, gid, fuse) = match who {
+            Who::Invoker => {
+                // SAFETY: getuid/getgid have no preconditions.
+                let ids = unsafe { (libc::getuid(), libc::getgid()) };
+                (ids.0, ids.1, None)
+            }
+            Who::User => {
+                let (uid, gid) = match test_user() {
+                    Ok(ids) => ids,
+                    Err(why) => {
+                        skip(&format!("{test} as {TEST_USER}: {why}"));
+                        return None;
+                    }
+                };
+                match FuseAccess::grant() {
+                    Ok(access) => (uid, gid, Some(access)),
+                    Err(why) => {
+                        skip(&format!("{test} as {TEST_USER}: {why}"));
+                        return None;
+                    }
+                }
+            }
+        };
+        let dir = crate::fsutil::tempdir();
+        let copy = dir.path().join("app.flatimage");
+        std::fs::copy(image, &copy).expect("copy image");
+        chown(dir.path(), uid, gid);
+        chown(&copy, uid, gid);
+        Some(App {
+            who,
+            uid,
+            gid,
+            image: copy,
+            dir,
+            _fuse: fuse,
+        })
+    }
+
+    /// The data directory next to the image.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join(".app.flatimage.data")
+    }
+
+    /// The per-user runtime directory the launcher uses.
+    pub fn runtime_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/fim-{}", self.uid))
+    }
+
+    /// `IMAGE ARGS...` as a command, run as the app's identity from the image's directory.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.program(&self.image, args)
+    }
+
+    /// `PROGRAM ARGS...` run as the app's identity from the image's directory.
+    pub fn program<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("TMPDIR");
+        if self.who == Who::User {
+            cmd.uid(self.uid)
+                .gid(self.gid)
+                .env("HOME", "/")
+                .env("USER", TEST_USER);
+        }
+        cmd
+    }
+
+    /// Runs `IMAGE ARGS...` to completion.
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run(&mut self.command(args))
+    }
+
+    /// Runs `IMAGE fim-exec sh -c SCRIPT`.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run(["fim-exec", "sh", "-c", script])
+    }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: a valid C string.
+    let rc = unsafe { libc::chown(c.as_ptr(), uid, gid) };
+    assert!(
+        rc == 0 || !is_root(),
+        "chown {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Lines of the host's `/proc/self/mountinfo` that mention `needle`.
+pub fn host_mounts_mentioning(needle: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let needle = needle.to_string_lossy();
+    text.lines()
+        .filter(|l| l.contains(needle.as_ref()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Pids of processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) && pid != std::process::id() {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}

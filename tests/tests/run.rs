@@ -1,0 +1,418 @@
+//! The run path end to end: real images run through real bubblewrap, the in-process FUSE
+//! server and kernel overlayfs, as whoever runs the tests (root in CI) and as an
+//! unprivileged user the tests create.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use fim_tests::run::SpawnRetrying;
+use fim_tests::sandbox::{App, Who, host_mounts_mentioning, processes_with};
+use fim_tests::{put, tempdir, which};
+
+/// Each check runs once per identity.
+macro_rules! for_both {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[test]
+            fn as_invoker() {
+                super::$check(super::Who::Invoker)
+            }
+            #[test]
+            fn as_unprivileged_user() {
+                super::$check(super::Who::User)
+            }
+        }
+    )*};
+}
+
+for_both!(
+    runs_a_command_and_prints_its_output,
+    passes_the_exit_status_through,
+    missing_program_fails_clearly,
+    boot_command_runs_with_extra_arguments,
+    changes_persist_across_runs,
+    root_writes_the_system_the_user_does_not,
+    ten_concurrent_instances_share_one_view,
+    sigkill_of_the_launcher_leaves_nothing_behind,
+    sigterm_and_ctrl_c_reach_the_app,
+    stdin_and_a_terminal_work,
+    the_app_sees_its_fim_variables_and_not_the_hosts,
+    keeps_the_working_directory_when_it_exists_inside,
+    launcher_descriptors_do_not_leak_into_the_app,
+);
+
+fn runs_a_command_and_prints_its_output(who: Who) {
+    let Some(app) = App::new("runs_a_command", who) else {
+        return;
+    };
+    let out = app.sh("echo ok");
+    out.assert_ok();
+    assert_eq!(out.stdout, "ok\n");
+    let id = app.run(["fim-exec", "id", "-u"]);
+    id.assert_ok();
+    assert_eq!(
+        id.stdout.trim(),
+        app.uid.to_string(),
+        "the app runs as the user"
+    );
+}
+
+fn passes_the_exit_status_through(who: Who) {
+    let Some(app) = App::new("exit_status", who) else {
+        return;
+    };
+    assert_eq!(app.sh("exit 7").code(), Some(7));
+    assert_eq!(app.sh("exit 0").code(), Some(0));
+    // Killed by a signal: 128 + N, as a shell reports it.
+    assert_eq!(app.sh("kill -TERM $$").code(), Some(128 + 15));
+}
+
+fn missing_program_fails_clearly(who: Who) {
+    let Some(app) = App::new("missing_program", who) else {
+        return;
+    };
+    let out = app.run(["fim-exec", "no-such-program", "arg"]);
+    assert_eq!(out.code(), Some(127), "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "fim: no-such-program: not found in the image"
+    );
+    let usage = app.run(["fim-exec"]);
+    usage.assert_clean_failure("app.flatimage: usage: fim-exec PROGRAM");
+}
+
+fn boot_command_runs_with_extra_arguments(who: Who) {
+    let Some(app) = App::new("boot_command", who) else {
+        return;
+    };
+    // No boot command stored: /bin/sh gets the arguments.
+    let out = app.run(["-c", "echo default:$0", "zero"]);
+    out.assert_ok();
+    assert_eq!(out.stdout, "default:zero\n");
+
+    app.run(["fim-boot", "set", "/bin/sh", "-c", "echo boot:$1:$2", "sh"])
+        .assert_ok();
+    let shown = app.run(["fim-boot", "show"]);
+    shown.assert_ok();
+    assert_eq!(shown.stdout, "/bin/sh -c 'echo boot:$1:$2' sh\n");
+    let out = app.run(["one", "two words"]);
+    out.assert_ok();
+    assert_eq!(out.stdout, "boot:one:two words\n");
+
+    app.run(["fim-boot", "clear"]).assert_ok();
+    assert_eq!(app.run(["fim-boot", "show"]).stdout, "/bin/sh\n");
+    app.run(["fim-boot", "frobnicate"])
+        .assert_clean_failure("app.flatimage: usage: fim-boot");
+}
+
+fn changes_persist_across_runs(who: Who) {
+    let Some(app) = App::new("changes_persist", who) else {
+        return;
+    };
+    app.sh("echo written > /data/new.txt && rm /data/gone.txt")
+        .assert_ok();
+    let out = app.sh("cat /data/new.txt /data/keep.txt; ls /data");
+    out.assert_ok();
+    assert_eq!(out.stdout, "written\nkeep\nkeep.txt\nnew.txt\n");
+    let out = app.sh("test -e /data/gone.txt && echo present || echo absent");
+    assert_eq!(out.stdout, "absent\n", "a deleted layer file stays deleted");
+
+    use std::os::unix::fs::MetadataExt;
+    let upper = app.data_dir().join("upper");
+    for path in [
+        upper.clone(),
+        upper.join("data"),
+        upper.join("data/new.txt"),
+    ] {
+        let meta = std::fs::symlink_metadata(&path).expect("stat upper entry");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (app.uid, app.gid),
+            "{} is owned by the invoking user on the host",
+            path.display()
+        );
+    }
+}
+
+fn root_writes_the_system_the_user_does_not(who: Who) {
+    let Some(app) = App::new("root_and_user", who) else {
+        return;
+    };
+    let out = app.run(["fim-root", "sh", "-c", "id -u && echo pkg > /usr/installed"]);
+    out.assert_ok();
+    assert_eq!(out.stdout, "0\n");
+    let out = app.sh("cat /usr/installed; echo x > /usr/other");
+    assert!(
+        !out.success(),
+        "the default run must not write /usr: {out:?}"
+    );
+    assert_eq!(
+        out.stdout, "pkg\n",
+        "the default run sees what root installed"
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+}
+
+fn ten_concurrent_instances_share_one_view(who: Who) {
+    let Some(app) = App::new("concurrent", who) else {
+        return;
+    };
+    // Each writes its file, then waits until it sees all ten.
+    let script = "echo $0 > /data/i$0; n=0; while [ $n -lt 200 ]; do \
+                  [ $(ls /data | grep -c '^i') -ge 10 ] && break; sleep 0.05; n=$((n+1)); done; \
+                  ls /data | grep -c '^i'";
+    let children: Vec<Child> = (0..10)
+        .map(|i| {
+            app.command(["fim-exec", "sh", "-c", script, &i.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn_retrying()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait instance");
+        assert!(
+            out.status.success(),
+            "instance failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "10\n");
+    }
+}
+
+fn sigkill_of_the_launcher_leaves_nothing_behind(who: Who) {
+    let Some(app) = App::new("sigkill", who) else {
+        return;
+    };
+    let marker = format!("{}.{}", 4000 + std::process::id() % 1000, who as u8);
+    let mut child = app
+        .command([
+            "fim-exec",
+            "sh",
+            "-c",
+            &format!("echo up; exec sleep {marker}"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn_retrying();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line, "up\n");
+    wait_for(
+        || !processes_with(&format!("sleep {marker}")).is_empty(),
+        "the app",
+    );
+    child.kill().expect("SIGKILL the launcher");
+    let killed = Instant::now();
+    child.wait().expect("reap");
+    let gone = || {
+        processes_with(&format!("sleep {marker}")).is_empty()
+            && std::fs::read_dir(app.runtime_dir())
+                .map(|d| {
+                    d.flatten()
+                        .all(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+                })
+                .unwrap_or(true)
+    };
+    while !gone() && killed.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        processes_with(&format!("sleep {marker}")).is_empty(),
+        "the app survived its launcher by more than a second"
+    );
+    assert!(
+        gone(),
+        "the instance directory remains in {}",
+        app.runtime_dir().display()
+    );
+    assert!(
+        host_mounts_mentioning(&app.runtime_dir()).is_empty(),
+        "a mount of the instance is visible on the host"
+    );
+    // And the image still runs.
+    app.sh("true").assert_ok();
+}
+
+fn sigterm_and_ctrl_c_reach_the_app(who: Who) {
+    let Some(app) = App::new("signals", who) else {
+        return;
+    };
+    for (signal, name, code) in [(libc::SIGTERM, "TERM", 3), (libc::SIGINT, "INT", 4)] {
+        // The handler takes a while: the app must not be killed while it runs.
+        let script = format!(
+            "trap 'sleep 0.3; echo handled {name}; exit {code}' {name}; echo up; \
+             while true; do sleep 0.05; done"
+        );
+        let mut cmd = app.command(["fim-exec", "sh", "-c", &script]);
+        cmd.stdout(Stdio::piped());
+        // SIGINT as a terminal sends it: to the whole foreground process group.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn_retrying();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line, "up\n");
+        let target = if signal == libc::SIGINT {
+            -(child.id() as i32)
+        } else {
+            child.id() as i32
+        };
+        // SAFETY: sending a signal has no memory-safety preconditions.
+        unsafe { libc::kill(target, signal) };
+        let status = child.wait().expect("wait");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+        assert_eq!(rest, format!("handled {name}\n"), "SIG{name}");
+        assert_eq!(status.code(), Some(code), "SIG{name}");
+    }
+}
+
+fn stdin_and_a_terminal_work(who: Who) {
+    let Some(app) = App::new("stdin_tty", who) else {
+        return;
+    };
+    let mut child = app
+        .command(["fim-exec", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn_retrying();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through stdin\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+
+    let Some(script) = which("script") else {
+        fim_tests::skip("stdin_and_a_terminal_work: no script(1) for a pseudo-terminal");
+        return;
+    };
+    // An interactive shell on a pseudo-terminal: it reads commands and answers.
+    let image = app.image.to_string_lossy().into_owned();
+    let mut child = app
+        .program(
+            &script,
+            ["-qec", &format!("{image} fim-exec sh -i"), "/dev/null"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn_retrying();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"test -t 0 && echo on-a-tty; echo $((6*7)); exit 5\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("on-a-tty"), "{text}");
+    assert!(text.contains("42"), "{text}");
+}
+
+fn the_app_sees_its_fim_variables_and_not_the_hosts(who: Who) {
+    let Some(app) = App::new("fim_variables", who) else {
+        return;
+    };
+    let out = fim_tests::run(
+        app.command([
+            "fim-exec",
+            "sh",
+            "-c",
+            "echo $FIM_IMAGE; echo $FIM_DIR_DATA; echo $FIM_OVERLAY; echo ${HOST_SECRET:-unset}",
+        ])
+        .env("HOST_SECRET", "leaked"),
+    );
+    out.assert_ok();
+    let data = app.data_dir().canonicalize().expect("data dir");
+    let image = app.image.canonicalize().expect("image");
+    assert_eq!(
+        out.stdout,
+        format!("{}\n{}\nbwrap\nunset\n", image.display(), data.display())
+    );
+    let debug = fim_tests::run(app.command(["fim-exec", "true"]).env("FIM_DEBUG", "1"));
+    debug.assert_ok();
+    assert!(
+        debug
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("fim: debug: join the session") && l.ends_with(" ms)")),
+        "FIM_DEBUG=1 logs each step with its duration: {}",
+        debug.stderr
+    );
+}
+
+fn keeps_the_working_directory_when_it_exists_inside(who: Who) {
+    let Some(app) = App::new("cwd", who) else {
+        return;
+    };
+    let inside = fim_tests::run(app.command(["fim-exec", "pwd"]).current_dir("/usr"));
+    assert_eq!(inside.stdout, "/usr\n");
+    let outside = app.run(["fim-exec", "pwd"]);
+    assert_eq!(
+        outside.stdout, "/\n",
+        "the image's directory is not in the image"
+    );
+}
+
+fn launcher_descriptors_do_not_leak_into_the_app(who: Who) {
+    let Some(app) = App::new("descriptors", who) else {
+        return;
+    };
+    // The launcher gets only stdin, stdout and stderr; the shell lists its own
+    // descriptors with builtins (the glob's directory descriptor is closed by the time
+    // `[ -e ]` looks).
+    let mut cmd = app.command([
+        "fim-exec",
+        "sh",
+        "-c",
+        "for f in /proc/$$/fd/*; do [ -e $f ] && echo ${f##*/}; done; true",
+    ]);
+    // SAFETY: close_range only closes descriptors.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let out = fim_tests::run(&mut cmd);
+    out.assert_ok();
+    let fds: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2"], "open descriptors in the app");
+}
+
+/// Waits up to 5 s for `ready`.
+fn wait_for(ready: impl Fn() -> bool, what: &str) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn unknown_overlay_backend_is_refused() {
+    let Some(app) = App::new("overlay_refused", Who::Invoker) else {
+        return;
+    };
+    let out = fim_tests::run(
+        app.command(["fim-exec", "true"])
+            .env("FIM_OVERLAY", "nonsense"),
+    );
+    out.assert_clean_failure("app.flatimage: FIM_OVERLAY");
+}
+
+#[test]
+fn a_bare_launcher_refuses_to_run() {
+    let dir = tempdir();
+    let launcher = put(dir.path(), "bare", b"");
+    std::fs::copy(fim_tests::fim_boot_path(), &launcher).expect("copy launcher");
+    let out = fim_tests::run(&mut std::process::Command::new(&launcher));
+    out.assert_clean_failure("bare:");
+    assert!(out.stderr.contains("carries no image"), "{}", out.stderr);
+}
