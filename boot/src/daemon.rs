@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fim_image::Image;
@@ -26,7 +27,12 @@ use nix::unistd::{ForkResult, fork, setsid};
 use crate::debug;
 use crate::namespaces;
 use crate::places::Places;
-use crate::session::{Greeting, lock_file, send};
+use crate::session::{Greeting, LEAVING, QUIT, lock_file, send};
+
+/// How long a session outlives its last launcher when that one ended normally: a
+/// relaunch within it finds the layers mounted and their caches warm. A launcher that was
+/// killed ends the session at once.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Retry period while a launcher holds the session lock as the last instance left: it is
 /// about to connect, or it died and the kernel is releasing its lock.
@@ -191,33 +197,45 @@ impl<'a> Daemon<'a> {
         let mut clients = Vec::new();
         self.admit(first, &mut clients, identity);
         let mut stopping = false;
+        // Set while lingering after the last launcher left cleanly.
+        let mut linger_until: Option<Instant> = None;
         loop {
             let mut timeout = PollTimeout::NONE;
             if clients.is_empty() {
-                let lock = lock_file(&self.places.session_lock)
-                    .ok()
-                    .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
-                match lock {
-                    Some(guard) => {
-                        // Holding the lock, no launcher can be on its way in, except one
-                        // already queued on the socket.
-                        match self.listener.accept() {
-                            Ok((stream, _)) if !stopping => {
-                                self.admit(stream, &mut clients, identity);
-                                continue;
-                            }
-                            _ => {
-                                self.shut_down();
-                                drop(guard);
-                                return 0;
+                if let Some(deadline) = linger_until.filter(|_| !stopping) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        timeout = millis(left);
+                    } else {
+                        linger_until = None;
+                    }
+                }
+                if timeout == PollTimeout::NONE {
+                    let lock = lock_file(&self.places.session_lock)
+                        .ok()
+                        .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+                    match lock {
+                        Some(guard) => {
+                            // Holding the lock, no launcher can be on its way in, except
+                            // one already queued on the socket.
+                            match self.listener.accept() {
+                                Ok((stream, _)) if !stopping => {
+                                    self.admit(stream, &mut clients, identity);
+                                    continue;
+                                }
+                                _ => {
+                                    self.shut_down();
+                                    drop(guard);
+                                    return 0;
+                                }
                             }
                         }
+                        None => timeout = PollTimeout::from(LOCK_RETRY_MS),
                     }
-                    None => timeout = PollTimeout::from(LOCK_RETRY_MS),
                 }
             }
 
-            let (listener_ready, signalled, fuse_gone, closed) = {
+            let (listener_ready, signalled, fuse_gone, readable) = {
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -233,21 +251,35 @@ impl<'a> Daemon<'a> {
                     Err(_) => return self.fail_all(clients),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let closed: Vec<usize> = fds[3..]
+                let readable: Vec<usize> = fds[3..]
                     .iter()
                     .enumerate()
                     .filter(|(_, fd)| ready(fd))
                     .map(|(i, _)| i)
                     .collect();
-                (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]), closed)
+                (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]), readable)
             };
 
-            // A launcher never writes: readable means it hung up (or misbehaves).
-            for i in closed.into_iter().rev() {
+            for i in readable.into_iter().rev() {
                 let mut byte = [0u8; 1];
                 match clients[i].read(&mut byte) {
                     Ok(0) | Err(_) => {
                         clients.swap_remove(i);
+                    }
+                    Ok(_) if byte[0] == LEAVING => {
+                        // A launcher whose app ended normally: keep the session warm for
+                        // the next launch if it was the last one.
+                        clients.swap_remove(i);
+                        if clients.is_empty() {
+                            linger_until = Some(Instant::now() + LINGER);
+                        }
+                    }
+                    Ok(_) if byte[0] == QUIT && clients.len() == 1 => {
+                        // The only launcher, which holds the session lock, wants a new
+                        // session (the image's layers changed).
+                        debug::log("daemon: asked to make way for a new session");
+                        self.shut_down();
+                        return 0;
                     }
                     Ok(_) => {}
                 }
@@ -271,6 +303,7 @@ impl<'a> Daemon<'a> {
                             &Greeting::Failed("the session is stopping; run again".into()),
                         );
                     } else {
+                        linger_until = None;
                         self.admit(stream, &mut clients, identity);
                     }
                 }
@@ -343,4 +376,10 @@ fn remove_dirs(places: &Places) {
             debug::log(format!("daemon: cannot remove {}: {e}", dir.display()));
         }
     }
+}
+
+/// A poll timeout of at least one millisecond.
+fn millis(d: Duration) -> PollTimeout {
+    let ms = d.as_millis().clamp(1, u128::from(u16::MAX)) as u16;
+    PollTimeout::from(ms)
 }

@@ -24,7 +24,8 @@ pub struct Places {
     pub upper: PathBuf,
     /// Held exclusively by the session that mounts `upper`: one session per data directory.
     pub data_lock: PathBuf,
-    /// Serialises starting, joining and stopping the session of this data directory.
+    /// Serialises starting, joining and stopping sessions: one per user, so no lock file
+    /// is left behind per image.
     pub session_lock: PathBuf,
     /// `<runtime>/<key>`: this session's mount points and socket.
     pub instance: PathBuf,
@@ -60,7 +61,7 @@ impl Places {
             image: image.to_path_buf(),
             data_lock: data.join("lock"),
             upper,
-            session_lock: runtime.join(format!("{key}.lock")),
+            session_lock: runtime.join("lock"),
             layers: instance.join("layers"),
             root: instance.join("root"),
             socket,

@@ -111,6 +111,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     let env = sandbox_env(host_env, &facts);
     let args = sandbox.args(&command);
     debug::log(format!("bwrap {}", shown(&args)));
+    let sandbox_step = Step::new("run the sandbox");
     let outcome = supervise::run(
         &bwrap,
         &args,
@@ -118,10 +119,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         (status_read, status_write),
         &[exe.as_raw_fd()],
     )?;
-    drop(membership);
+    drop(sandbox_step);
     if outcome == Outcome::SetupFailed {
+        drop(membership);
         bail!("the sandbox could not be set up (bubblewrap's message is above)");
     }
+    membership.leave();
     Ok(outcome.into())
 }
 

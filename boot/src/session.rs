@@ -77,12 +77,34 @@ pub fn image_identity(image: &Image) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&digests))
 }
 
+/// Byte a launcher sends when its app ended normally, just before it leaves.
+pub const LEAVING: u8 = b'L';
+/// Byte the only launcher sends to make a session whose layers changed go away.
+pub const QUIT: u8 = b'Q';
+
 /// A launcher's membership in the session: dropping it (or dying) leaves the session.
 #[derive(Debug)]
 pub struct Membership {
-    _connection: UnixStream,
+    connection: UnixStream,
     pub daemon: i32,
     pub instances: u32,
+}
+
+impl Membership {
+    /// Leaves after a normal run, which lets the session linger for a relaunch.
+    pub fn leave(mut self) {
+        let _ = self.connection.write_all(&[LEAVING]);
+    }
+
+    /// Asks the daemon, of which this is the only member, to end, and waits until it has.
+    fn make_way(mut self) -> anyhow::Result<()> {
+        self.connection
+            .write_all(&[QUIT])
+            .context("asking the old session to end")?;
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut self.connection, &mut rest);
+        Ok(())
+    }
 }
 
 /// Joins the running session of `places`, or starts one.
@@ -99,6 +121,11 @@ pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Re
     if let Some(stream) = connect_running(&places.socket)? {
         let _step = Step::new("join the running session");
         match greeting(stream)? {
+            // Alone in a lingering session that serves other layers: replace it.
+            Some((member, image)) if image != identity && member.instances == 1 => {
+                debug::log("the lingering session serves older layers; replacing it");
+                member.make_way()?;
+            }
             Some(member) => return check_identity(member, &identity, places),
             None => debug::log("the session's daemon died; starting a new one"),
         }
@@ -179,7 +206,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
             instances,
         }) => Ok(Some((
             Membership {
-                _connection: stream,
+                connection: stream,
                 daemon: pid,
                 instances,
             },

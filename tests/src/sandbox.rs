@@ -208,8 +208,12 @@ impl App {
         let dir = crate::fsutil::tempdir();
         let copy = dir.path().join("app.flatimage");
         std::fs::copy(image, &copy).expect("copy image");
-        chown(dir.path(), uid, gid);
-        chown(&copy, uid, gid);
+        // A TMPDIR of its own: the app's runtime directory is not shared with other tests.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
+        for path in [dir.path(), &copy, &tmp] {
+            chown(path, uid, gid);
+        }
         Some(App {
             who,
             uid,
@@ -225,9 +229,14 @@ impl App {
         self.dir.path().join(".app.flatimage.data")
     }
 
-    /// The per-user runtime directory the launcher uses.
+    /// The `TMPDIR` the app runs with.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
+    /// The per-user runtime directory the launcher uses, in [`App::tmp_dir`].
     pub fn runtime_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/tmp/fim-{}", self.uid))
+        self.tmp_dir().join(format!("fim-{}", self.uid))
     }
 
     /// `IMAGE ARGS...` as a command, run as the app's identity from the image's directory.
@@ -248,7 +257,7 @@ impl App {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.dir.path())
-            .env_remove("TMPDIR");
+            .env("TMPDIR", self.tmp_dir());
         if self.who == Who::User {
             cmd.uid(self.uid)
                 .gid(self.gid)

@@ -210,10 +210,7 @@ fn sigkill_of_the_launcher_leaves_nothing_behind(who: Who) {
     let gone = || {
         processes_with(&format!("sleep {marker}")).is_empty()
             && std::fs::read_dir(app.runtime_dir())
-                .map(|d| {
-                    d.flatten()
-                        .all(|e| e.file_name().to_string_lossy().ends_with(".lock"))
-                })
+                .map(|d| d.flatten().all(|e| e.file_name() == "lock"))
                 .unwrap_or(true)
     };
     while !gone() && killed.elapsed() < Duration::from_secs(1) {
@@ -415,4 +412,68 @@ fn a_bare_launcher_refuses_to_run() {
     let out = fim_tests::run(&mut std::process::Command::new(&launcher));
     out.assert_clean_failure("bare:");
     assert!(out.stderr.contains("carries no image"), "{}", out.stderr);
+}
+
+/// Entries of the app's runtime directory other than lock files: a live session's.
+fn session_dirs(app: &App) -> Vec<String> {
+    std::fs::read_dir(app.runtime_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lock")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_clean_exit_keeps_the_session_briefly_for_a_relaunch() {
+    let Some(app) = App::new("linger", Who::Invoker) else {
+        return;
+    };
+    app.sh("true").assert_ok();
+    assert_eq!(
+        session_dirs(&app).len(),
+        1,
+        "the session lingers after a clean exit"
+    );
+    // A relaunch joins it: the file written through the lingering mounts is there.
+    app.sh("echo again > /data/again").assert_ok();
+    let start = Instant::now();
+    while !session_dirs(&app).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the session outlived its linger time"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(processes_with(&app.image.to_string_lossy()).is_empty());
+    assert!(host_mounts_mentioning(&app.runtime_dir()).is_empty());
+    assert_eq!(app.sh("cat /data/again").stdout, "again\n");
+}
+
+#[test]
+fn a_lingering_session_of_other_layers_makes_way() {
+    let Some(app) = App::new("linger_replaced", Who::Invoker) else {
+        return;
+    };
+    app.sh("echo first > /data/mark").assert_ok();
+    // Replace the image by one with other layers while the session lingers.
+    let tree = tempdir();
+    std::fs::create_dir_all(tree.path().join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", tree.path().join("bin/busybox")).expect("copy busybox");
+    std::os::unix::fs::symlink("busybox", tree.path().join("bin/sh")).expect("symlink");
+    put(tree.path(), "etc/flavour", b"second\n");
+    let second = tree.path().join("second.flatimage");
+    fim_tests::build(&[tree.path()], &second);
+    // As an update would: a new file renamed over the running one.
+    let staged = app.dir.path().join(".staged");
+    std::fs::copy(&second, &staged).expect("stage image");
+    std::fs::rename(&staged, &app.image).expect("replace image");
+    let out = app.sh("cat /etc/flavour /data/mark");
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, "second\nfirst\n",
+        "the new layers under the same changes"
+    );
 }
