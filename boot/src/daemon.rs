@@ -211,9 +211,13 @@ impl<'a> Daemon<'a> {
                     }
                 }
                 if timeout == PollTimeout::NONE {
-                    let lock = lock_file(&self.places.session_lock)
-                        .ok()
-                        .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+                    let Ok(file) = lock_file(&self.places.session_lock) else {
+                        // The runtime directory is gone: no launcher can find this session.
+                        debug::log("daemon: the runtime directory is gone; ending");
+                        self.shut_down();
+                        return 0;
+                    };
+                    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok();
                     match lock {
                         Some(guard) => {
                             // Holding the lock, no launcher can be on its way in, except
@@ -236,10 +240,16 @@ impl<'a> Daemon<'a> {
             }
 
             let (listener_ready, signalled, fuse_gone, readable) = {
+                // Once the FUSE server stopped, its pipe stays readable: watch it no more.
+                let fuse = if stopping {
+                    self.signals.as_fd()
+                } else {
+                    self.fuse_stopped.as_fd()
+                };
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.fuse_stopped.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(fuse, PollFlags::POLLIN),
                 ];
                 fds.extend(
                     clients
@@ -284,7 +294,7 @@ impl<'a> Daemon<'a> {
                     Ok(_) => {}
                 }
             }
-            if signalled || fuse_gone {
+            if signalled || (fuse_gone && !stopping) {
                 if signalled {
                     let _ = self.signals.read_signal();
                     debug::log("daemon: stopped by a signal");

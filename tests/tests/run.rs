@@ -477,3 +477,20 @@ fn a_lingering_session_of_other_layers_makes_way() {
         "the new layers under the same changes"
     );
 }
+
+#[test]
+fn a_session_whose_directories_are_removed_ends() {
+    let Some(app) = App::new("dirs_removed", Who::Invoker) else {
+        return;
+    };
+    app.sh("true").assert_ok();
+    assert_eq!(session_dirs(&app).len(), 1, "the session lingers");
+    // What a test harness or a tmp cleaner does: remove the runtime and data directories.
+    std::fs::remove_dir_all(app.tmp_dir()).expect("remove TMPDIR");
+    std::fs::remove_dir_all(app.data_dir()).expect("remove the data directory");
+    let image = app.image.to_string_lossy().into_owned();
+    wait_for(
+        || processes_with(&image).is_empty(),
+        "the session daemon to end",
+    );
+}
