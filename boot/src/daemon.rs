@@ -211,7 +211,9 @@ impl<'a> Daemon<'a> {
                     }
                 }
                 if timeout == PollTimeout::NONE {
-                    let Ok(file) = lock_file(&self.places.session_lock) else {
+                    // Never created here: a missing lock means the directory was removed.
+                    let Ok(file) = File::options().write(true).open(&self.places.session_lock)
+                    else {
                         // The runtime directory is gone: no launcher can find this session.
                         debug::log("daemon: the runtime directory is gone; ending");
                         self.shut_down();

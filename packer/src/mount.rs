@@ -42,14 +42,29 @@ pub fn run(image_path: &Path, dir: &Path, allow_other: bool) -> anyhow::Result<(
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", dir.display()))?;
     let mut unmounter = fs.unmount_callable();
     let server = std::thread::spawn(move || fs.run());
+    let mountpoint = dir.to_path_buf();
     std::thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: waits on a valid, blocked signal set.
         unsafe { libc::sigwait(&set, &mut sig) };
-        if let Err(e) = unmounter.unmount() {
-            eprintln!("fim: unmount failed: {e}; try `fusermount3 -u` or `umount -l`");
-            std::process::exit(125);
+        // A file closed a moment ago may still hold the mount while the kernel releases
+        // it: retry briefly, then detach lazily (`umount -l`), as asked.
+        let Err(e) = unmounter.unmount() else {
+            return;
+        };
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            for _ in 0..20 {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+                if unmount(&mountpoint, 0) {
+                    return;
+                }
+            }
+            if unmount(&mountpoint, libc::MNT_DETACH) {
+                return;
+            }
         }
+        eprintln!("fim: unmount failed: {e}; try `fusermount3 -u` or `umount -l`");
+        std::process::exit(125);
     });
     eprintln!(
         "fim: mounted {} at {} (Ctrl-C to unmount)",
@@ -61,4 +76,14 @@ pub fn run(image_path: &Path, dir: &Path, allow_other: bool) -> anyhow::Result<(
         .map_err(|_| anyhow::anyhow!("the file system thread panicked"))?
         .context("serving the file system")?;
     Ok(())
+}
+
+/// `umount2(dir, flags)`; with `MNT_DETACH` (`umount -l`) the kernel ends the mount when its
+/// last user goes.
+fn unmount(dir: &Path, flags: libc::c_int) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C string.
+    unsafe { libc::umount2(path.as_ptr(), flags) == 0 }
 }
