@@ -162,7 +162,7 @@ impl<'a> Daemon<'a> {
                 )
             })?
         };
-        let fuse = session.unmount_callable();
+        let mut fuse = session.unmount_callable();
         let (fuse_stopped, stopped_writer) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         std::thread::Builder::new()
@@ -173,7 +173,6 @@ impl<'a> Daemon<'a> {
             })
             .context("cannot start the FUSE server")?;
 
-        let mut fuse = fuse;
         if let Err(e) = mount_overlay(places) {
             let _ = fuse.unmount();
             return Err(e);

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 pub const RUNTIME_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
+    open_standard_descriptors();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == shim::SHIM_COMMAND) {
         return shim::exec(&args[1..]);
@@ -37,6 +38,18 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "fim-boot".into());
             eprintln!("{program}: {e:#}");
             ExitCode::from(RUNTIME_ERROR)
+        }
+    }
+}
+
+/// Opens /dev/null on any of stdin, stdout and stderr that is closed, so no file the
+/// launcher opens takes their place (and ends up written to, or closed, as one of them).
+fn open_standard_descriptors() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: opening a constant path; the lowest free descriptor is `fd`.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
         }
     }
 }

@@ -494,3 +494,21 @@ fn a_session_whose_directories_are_removed_ends() {
         "the session daemon to end",
     );
 }
+
+#[test]
+fn runs_when_started_with_stdin_closed() {
+    let Some(app) = App::new("closed_stdin", Who::Invoker) else {
+        return;
+    };
+    let mut cmd = app.command(["fim-exec", "sh", "-c", "echo ran"]);
+    // SAFETY: close only closes a descriptor.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let out = fim_tests::run(&mut cmd);
+    out.assert_ok();
+    assert_eq!(out.stdout, "ran\n");
+}
