@@ -254,3 +254,26 @@ fn overlay(args: &[OsString]) -> anyhow::Result<ExitCode> {
         _ => bail!("usage: fim-overlay set bwrap|overlayfs|unionfs | fim-overlay show"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::quoted;
+
+    #[test]
+    fn plain_words_are_shown_as_they_are() {
+        assert_eq!(quoted("/bin/sh"), "/bin/sh");
+        assert_eq!(quoted("--level=3"), "--level=3");
+    }
+
+    #[test]
+    fn words_a_shell_would_split_or_expand_are_quoted() {
+        assert_eq!(quoted("echo $1"), "'echo $1'");
+        assert_eq!(quoted(""), "''");
+        assert_eq!(quoted("*"), "'*'");
+    }
+
+    #[test]
+    fn a_single_quote_survives_quoting() {
+        assert_eq!(quoted("it's"), "'it'\\''s'");
+    }
+}
