@@ -130,6 +130,13 @@ pub fn cannot_run_images() -> Option<String> {
     if !Path::new("/bin/busybox").exists() {
         return Some("busybox-static is not installed".into());
     }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Some(format!("/dev/fuse cannot be opened by this user ({e})"));
+    }
     None
 }
 
