@@ -206,14 +206,14 @@ fn version(args: &[OsString]) -> anyhow::Result<ExitCode> {
 
 /// Where the effective overlay type came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+enum Source {
     Environment,
     Image,
     Default,
 }
 
 /// `FIM_OVERLAY` beats the reserved byte, which beats the default (BWRAP).
-pub fn effective_overlay(image: &Image) -> anyhow::Result<(Overlay, Source)> {
+fn effective_overlay(image: &Image) -> anyhow::Result<(Overlay, Source)> {
     if let Some(value) = std::env::var_os("FIM_OVERLAY") {
         let text = value.to_string_lossy();
         let overlay = Overlay::from_str(&text).map_err(|e| anyhow::anyhow!("FIM_OVERLAY: {e}"))?;

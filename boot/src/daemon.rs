@@ -5,7 +5,7 @@
 //! instances run; the daemon sleeps in `poll` until a launcher comes or goes.
 
 use std::fs::{DirBuilder, File};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -76,7 +76,7 @@ fn daemon_main(
     match Daemon::set_up(image, places, uid, gid) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
-            remove_dirs(places);
+            remove_session_files(places);
             send(&mut first, &Greeting::Failed(format!("{e:#}")));
             1
         }
@@ -342,10 +342,9 @@ impl<'a> Daemon<'a> {
     /// Unmounts (lazily: a dying sandbox may still hold them), removes the socket and the
     /// mount points, and releases the data directory.
     fn shut_down(mut self) {
-        let _ = std::fs::remove_file(&self.places.socket);
         let _ = umount2(&self.places.root, MntFlags::MNT_DETACH);
         let _ = self.fuse.unmount();
-        remove_dirs(self.places);
+        remove_session_files(self.places);
         drop(self.data_lock);
     }
 }
@@ -378,14 +377,10 @@ fn mount_overlay(places: &Places) -> anyhow::Result<()> {
     })
 }
 
-/// Removes the session's directories; they are empty once unmounted.
-fn remove_dirs(places: &Places) {
-    for dir in [&places.layers, &places.root, &places.instance] {
-        if let Err(e) = std::fs::remove_dir(dir)
-            && e.kind() != ErrorKind::NotFound
-        {
-            debug::log(format!("daemon: cannot remove {}: {e}", dir.display()));
-        }
+/// Removes the session's files, logging (under `FIM_DEBUG`) what could not be removed.
+fn remove_session_files(places: &Places) {
+    if let Err(e) = places.remove_session_files() {
+        debug::log(format!("daemon: {e:#}"));
     }
 }
 

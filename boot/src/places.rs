@@ -71,6 +71,34 @@ impl Places {
     }
 }
 
+impl Places {
+    /// Removes the session's socket and its mount points, which are empty once nothing is
+    /// mounted on them; what is already gone is fine. Tries every one, reports the first
+    /// failure.
+    pub fn remove_session_files(&self) -> anyhow::Result<()> {
+        let mut first = Ok(());
+        for (path, is_dir) in [
+            (&self.socket, false),
+            (&self.layers, true),
+            (&self.root, true),
+            (&self.instance, true),
+        ] {
+            let removed = if is_dir {
+                std::fs::remove_dir(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
+                    first = Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        first
+    }
+}
+
 /// `FIM_DIR_DATA`, else `.<name>.data` beside the image; created, then made canonical so
 /// every way of naming it leads to the same session.
 fn data_dir(image: &Path) -> anyhow::Result<PathBuf> {

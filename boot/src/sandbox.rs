@@ -37,43 +37,61 @@ impl Sandbox {
     /// bubblewrap's arguments, ending with `--` and `command`.
     pub fn args(&self, command: &[OsString]) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
         // A private pid namespace: /proc shows only the app, and killing the sandbox's
         // first process ends every process the app started.
-        push(&["--die-with-parent", "--unshare-pid"]);
+        args.extend(["--die-with-parent", "--unshare-pid"].map(OsString::from));
         if let Some((uid, gid)) = self.user {
-            push(&["--unshare-user", "--uid", &uid.to_string()]);
-            push(&["--gid", &gid.to_string()]);
+            args.extend(
+                [
+                    "--unshare-user",
+                    "--uid",
+                    &uid.to_string(),
+                    "--gid",
+                    &gid.to_string(),
+                ]
+                .map(OsString::from),
+            );
         }
-        if !self.network || self.unshare.contains(Unshare::net) {
-            push(&["--unshare-net"]);
-        }
-        if self.unshare.contains(Unshare::ipc) {
-            push(&["--unshare-ipc"]);
-        }
-        if self.unshare.contains(Unshare::uts) {
-            push(&["--unshare-uts"]);
-        }
-        if self.unshare.contains(Unshare::cgroup) {
-            push(&["--unshare-cgroup-try"]);
-        }
-        args.push("--bind".into());
-        args.push(self.root.clone().into_os_string());
-        args.push("/".into());
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+        let unshared = [
+            (
+                !self.network || self.unshare.contains(Unshare::net),
+                "--unshare-net",
+            ),
+            (self.unshare.contains(Unshare::ipc), "--unshare-ipc"),
+            (self.unshare.contains(Unshare::uts), "--unshare-uts"),
+            (
+                self.unshare.contains(Unshare::cgroup),
+                "--unshare-cgroup-try",
+            ),
+        ];
+        args.extend(
+            unshared
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, flag)| OsString::from(flag)),
+        );
+        args.extend([
+            "--bind".into(),
+            self.root.clone().into_os_string(),
+            "/".into(),
+        ]);
+        args.extend(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"].map(OsString::from));
         // `--remount-ro` needs a mount point; a read-only bind of the directory onto
         // itself makes one.
         for dir in &self.read_only {
-            args.push("--ro-bind".into());
-            args.push(self.root.join(dir).into_os_string());
-            args.push(format!("/{dir}").into());
+            args.extend([
+                "--ro-bind".into(),
+                self.root.join(dir).into_os_string(),
+                format!("/{dir}").into(),
+            ]);
         }
-        args.push("--chdir".into());
-        args.push(self.cwd.clone().into_os_string());
-        args.push("--json-status-fd".into());
-        args.push(self.status_fd.to_string().into());
-        args.push("--".into());
+        args.extend([
+            "--chdir".into(),
+            self.cwd.clone().into_os_string(),
+            "--json-status-fd".into(),
+            self.status_fd.to_string().into(),
+            "--".into(),
+        ]);
         args.extend(command.iter().cloned());
         args
     }

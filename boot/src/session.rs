@@ -130,7 +130,11 @@ pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Re
             None => debug::log("the session's daemon died; starting a new one"),
         }
     }
-    remove_stale(places)?;
+    // What a dead daemon left: its socket and the empty mount points (its mounts died
+    // with its namespace).
+    places
+        .remove_session_files()
+        .context("cannot clear a stale session")?;
     let _step = Step::new("start the session daemon");
     let stream = daemon::spawn(image, places, uid, gid, &identity)?;
     match greeting(stream)? {
@@ -215,33 +219,6 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
         Some(Greeting::Failed(why)) => bail!("{why}"),
         None => bail!("the session daemon sent a garbled greeting: {line:?}"),
     }
-}
-
-/// Removes what a dead daemon left: its socket and the empty mount points (its mounts
-/// died with its namespace).
-fn remove_stale(places: &Places) -> anyhow::Result<()> {
-    for file in [&places.socket] {
-        match std::fs::remove_file(file) {
-            Ok(()) => debug::log(format!("removed stale {}", file.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", file.display())),
-        }
-    }
-    for dir in [&places.layers, &places.root, &places.instance] {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => debug::log(format!("removed stale {}", dir.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot remove the stale session directory {}",
-                        dir.display()
-                    )
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Sends a greeting, ignoring a launcher that already went away.

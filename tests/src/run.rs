@@ -70,17 +70,7 @@ impl Output {
 /// retried; any other spawn failure panics with the command.
 pub fn run(cmd: &mut Command) -> Output {
     let command = format!("{cmd:?}");
-    let mut attempts = 0;
-    let out = loop {
-        match cmd.output() {
-            Ok(out) => break out,
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
-                attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("cannot run {command}: {e}"),
-        }
-    };
+    let out = retrying_busy(&command, || cmd.output());
     Output {
         command,
         status: out.status,
@@ -96,16 +86,23 @@ pub trait SpawnRetrying {
 
 impl SpawnRetrying for Command {
     fn spawn_retrying(&mut self) -> std::process::Child {
-        let mut attempts = 0;
-        loop {
-            match self.spawn() {
-                Ok(child) => return child,
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("cannot run {self:?}: {e}"),
+        let command = format!("{self:?}");
+        retrying_busy(&command, || self.spawn())
+    }
+}
+
+/// Calls `start` until it does not fail with `ETXTBSY` (at most 100 times, 10 ms apart);
+/// panics, naming `command`, on any other failure.
+fn retrying_busy<T>(command: &str, mut start: impl FnMut() -> std::io::Result<T>) -> T {
+    let mut attempts = 0;
+    loop {
+        match start() {
+            Ok(value) => return value,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
+            Err(e) => panic!("cannot run {command}: {e}"),
         }
     }
 }
