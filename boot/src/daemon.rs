@@ -1,6 +1,6 @@
 //! The session daemon, forked from the first launcher of an image. It creates the
-//! namespaces, serves the merged layers over FUSE, mounts the kernel overlay on top and
-//! then waits: every launcher holds a connection, and when the last one closes (exit or
+//! namespaces, serves the merged layers over FUSE, mounts the writable view on top with
+//! the chosen backend (see `overlay`) and then waits: every launcher holds a connection, and when the last one closes (exit or
 //! SIGKILL alike) the daemon unmounts, removes its directories and exits. No polling while
 //! instances run; the daemon sleeps in `poll` until a launcher comes or goes.
 
@@ -16,9 +16,10 @@ use anyhow::{Context, bail};
 use fim_image::Image;
 use fim_layers::fuse::{MountSettings, session as fuse_session};
 use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES};
+use fim_reserved::Overlay;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, umount2};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -26,6 +27,7 @@ use nix::unistd::{ForkResult, fork, setsid};
 
 use crate::debug;
 use crate::namespaces;
+use crate::overlay::{self, Helper};
 use crate::places::Places;
 use crate::session::{Greeting, LEAVING, QUIT, lock_file, send};
 
@@ -45,6 +47,7 @@ pub fn spawn(
     uid: u32,
     gid: u32,
     identity: &str,
+    wanted: Overlay,
 ) -> anyhow::Result<UnixStream> {
     let (ours, theirs) = UnixStream::pair().context("cannot create a socket pair")?;
     // Buffered output would otherwise be written twice, once by each process.
@@ -55,7 +58,7 @@ pub fn spawn(
         ForkResult::Parent { .. } => Ok(ours),
         ForkResult::Child => {
             drop(ours);
-            let code = daemon_main(image, places, uid, gid, identity, theirs);
+            let code = daemon_main(image, places, uid, gid, identity, wanted, theirs);
             // Nothing of the launcher's (locks, buffers) may run its destructors here.
             // SAFETY: ends this process without unwinding.
             unsafe { libc::_exit(code) }
@@ -69,11 +72,12 @@ fn daemon_main(
     uid: u32,
     gid: u32,
     identity: &str,
+    wanted: Overlay,
     mut first: UnixStream,
 ) -> i32 {
     let _ = setsid();
     detach(&first);
-    match Daemon::set_up(image, places, uid, gid) {
+    match Daemon::set_up(image, places, uid, gid, wanted) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
             remove_session_files(places);
@@ -111,10 +115,23 @@ struct Daemon<'a> {
     fuse: fuser::SessionUnmounter,
     /// Held for the daemon's life: one session per data directory.
     data_lock: Flock<File>,
+    /// The backend asked for, and the one that mounted the view.
+    wanted: Overlay,
+    used: Overlay,
+    /// Why `used` is not `wanted`, for the launcher that started the session.
+    notice: Option<String>,
+    /// The FUSE backend's process, if the view is not the kernel overlay.
+    helper: Option<Helper>,
 }
 
 impl<'a> Daemon<'a> {
-    fn set_up(image: &Image, places: &'a Places, uid: u32, gid: u32) -> anyhow::Result<Self> {
+    fn set_up(
+        image: &Image,
+        places: &'a Places,
+        uid: u32,
+        gid: u32,
+        wanted: Overlay,
+    ) -> anyhow::Result<Self> {
         let data_lock = Flock::lock(
             lock_file(&places.data_lock)?,
             FlockArg::LockExclusiveNonblock,
@@ -173,14 +190,28 @@ impl<'a> Daemon<'a> {
             })
             .context("cannot start the FUSE server")?;
 
-        if let Err(e) = mount_overlay(places) {
-            let _ = fuse.unmount();
-            return Err(e);
-        }
+        let view = match overlay::mount_view(places, uid, wanted) {
+            Ok(view) => view,
+            Err(e) => {
+                let _ = fuse.unmount();
+                return Err(e);
+            }
+        };
 
-        let listener = UnixListener::bind(&places.socket)
-            .with_context(|| format!("cannot listen on {}", places.socket.display()))?;
-        listener.set_nonblocking(true)?;
+        let listener = match UnixListener::bind(&places.socket)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = umount2(&places.root, MntFlags::MNT_DETACH);
+                if let Some(helper) = view.helper {
+                    helper.stop();
+                }
+                let _ = fuse.unmount();
+                return Err(e)
+                    .with_context(|| format!("cannot listen on {}", places.socket.display()));
+            }
+        };
         Ok(Daemon {
             places,
             listener,
@@ -188,12 +219,19 @@ impl<'a> Daemon<'a> {
             fuse_stopped,
             fuse,
             data_lock,
+            wanted,
+            used: view.overlay,
+            notice: view.notice,
+            helper: view.helper,
         })
     }
 
     /// Serves launchers until the last one leaves; returns the exit status.
-    fn serve(self, first: UnixStream, identity: &str) -> i32 {
+    fn serve(mut self, mut first: UnixStream, identity: &str) -> i32 {
         let mut clients = Vec::new();
+        if let Some(notice) = self.notice.take() {
+            send(&mut first, &Greeting::Note(notice));
+        }
         self.admit(first, &mut clients, identity);
         let mut stopping = false;
         // Set while lingering after the last launcher left cleanly.
@@ -240,17 +278,23 @@ impl<'a> Daemon<'a> {
                 }
             }
 
-            let (listener_ready, signalled, fuse_gone, readable) = {
-                // Once the FUSE server stopped, its pipe stays readable: watch it no more.
+            let (listener_ready, signalled, fuse_gone, helper_gone, readable) = {
+                // Once the FUSE server or the backend stopped, their descriptors stay
+                // readable: watch them no more.
                 let fuse = if stopping {
                     self.signals.as_fd()
                 } else {
                     self.fuse_stopped.as_fd()
                 };
+                let helper = match &self.helper {
+                    Some(helper) if !stopping => helper.exited(),
+                    _ => self.signals.as_fd(),
+                };
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(fuse, PollFlags::POLLIN),
+                    PollFd::new(helper, PollFlags::POLLIN),
                 ];
                 fds.extend(
                     clients
@@ -262,13 +306,19 @@ impl<'a> Daemon<'a> {
                     Err(_) => return self.fail_all(clients),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let readable: Vec<usize> = fds[3..]
+                let readable: Vec<usize> = fds[4..]
                     .iter()
                     .enumerate()
                     .filter(|(_, fd)| ready(fd))
                     .map(|(i, _)| i)
                     .collect();
-                (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]), readable)
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    ready(&fds[2]),
+                    ready(&fds[3]) && self.helper.is_some(),
+                    readable,
+                )
             };
 
             for i in readable.into_iter().rev() {
@@ -295,12 +345,14 @@ impl<'a> Daemon<'a> {
                     Ok(_) => {}
                 }
             }
-            if signalled || (fuse_gone && !stopping) {
+            if signalled || ((fuse_gone || helper_gone) && !stopping) {
                 if signalled {
                     let _ = self.signals.read_signal();
                     debug::log("daemon: stopped by a signal");
-                } else {
+                } else if fuse_gone {
                     debug::log("daemon: the FUSE server stopped");
+                } else {
+                    debug::log("daemon: the overlay backend stopped");
                 }
                 stopping = true;
                 clients.clear();
@@ -327,6 +379,8 @@ impl<'a> Daemon<'a> {
             pid: nix::unistd::getpid().as_raw(),
             image: identity.to_string(),
             instances: clients.len() as u32 + 1,
+            wanted: self.wanted,
+            used: self.used,
         };
         if stream.write_all(greeting.encode().as_bytes()).is_ok() {
             clients.push(stream);
@@ -340,41 +394,18 @@ impl<'a> Daemon<'a> {
     }
 
     /// Unmounts (lazily: a dying sandbox may still hold them), removes the socket and the
-    /// mount points, and releases the data directory.
+    /// mount points, and releases the data directory. A FUSE backend is waited for before
+    /// the layers below it are unmounted: it holds them open until it exits.
     fn shut_down(mut self) {
         let _ = umount2(&self.places.root, MntFlags::MNT_DETACH);
+        if let Some(helper) = self.helper.take() {
+            debug::log(format!("daemon: waiting for {} to exit", helper.name()));
+            helper.stop();
+        }
         let _ = self.fuse.unmount();
         remove_session_files(self.places);
         drop(self.data_lock);
     }
-}
-
-/// Mounts the kernel overlay: the merged layers below, the data directory's upper and
-/// work directories above. Paths are given relative to the data directory, whose name the
-/// user chose and may hold the `,` and `:` that separate overlay options.
-fn mount_overlay(places: &Places) -> anyhow::Result<()> {
-    let _step = debug::Step::new("daemon: mount the overlay");
-    std::env::set_current_dir(&places.data)
-        .with_context(|| format!("cannot enter {}", places.data.display()))?;
-    // `userxattr`: the same deletion markers whether root or a user mounted it.
-    let options = format!(
-        "lowerdir={},upperdir=upper,workdir=work,userxattr",
-        places.layers.display()
-    );
-    let result = mount(
-        Some("fim"),
-        &places.root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    );
-    let _ = std::env::set_current_dir("/");
-    result.map_err(|e| {
-        anyhow::anyhow!(
-            "the kernel refused the overlay mount ({e}) of {} over the image",
-            places.upper.display()
-        )
-    })
 }
 
 /// Removes the session's files, logging (under `FIM_DEBUG`) what could not be removed.

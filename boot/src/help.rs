@@ -57,6 +57,12 @@ const TOPICS: &[(&str, &str, &str)] = &[
         "fim-overlay",
         "fim-overlay set bwrap|overlayfs|unionfs | fim-overlay show",
         "Choose the backend of the writable overlay, stored in the image (reserved byte 9).\n\
+         bwrap: the kernel's overlayfs (fastest). overlayfs: fuse-overlayfs from the host's\n\
+         PATH (package fuse-overlayfs). unionfs: `unionfs -o cow` (package unionfs-fuse; no\n\
+         xattrs). If the kernel refuses its overlay, the installed FUSE backend takes over\n\
+         and one line says so. All three share the upper directory in the data directory:\n\
+         switching keeps every change, deleted files included. Instances running together\n\
+         share one backend: a new choice applies once they have all exited.\n\
          `show` prints the effective type: the FIM_OVERLAY environment variable beats the\n\
          stored value, which beats the default (bwrap). An unknown value is an error.\n\
          The change is written to a new file renamed over the image, so it is safe while\n\

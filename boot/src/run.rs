@@ -30,11 +30,6 @@ pub struct Launch {
 }
 
 pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<ExitCode> {
-    if overlay != Overlay::Bwrap {
-        bail!(
-            "the {overlay} overlay backend is not available in this version yet: run `fim-overlay set bwrap` or unset FIM_OVERLAY"
-        );
-    }
     let ignored = shim::ignored_at_start();
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
@@ -45,7 +40,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         let _step = Step::new("prepare the data and runtime directories");
         Places::prepare(image.path(), uid)?
     };
-    let membership = session::connect(&image, &places, uid, gid)?;
+    let membership = session::connect(&image, &places, (uid, gid), overlay)?;
     {
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?;
@@ -105,7 +100,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
             .as_os_str()
             .to_owned(),
         data_dir: places.data.clone().into_os_string(),
-        overlay: overlay.to_string(),
+        overlay: membership.overlay.to_string(),
         as_root: launch.as_root,
     };
     let env = sandbox_env(host_env, &facts);

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fim_image::Image;
+use fim_reserved::Overlay;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
@@ -28,13 +29,19 @@ const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Greeting {
     /// The mounts are up. `pid` is the daemon (whose namespaces to join), `image` the
     /// identity of the layers it serves, `instances` the launchers connected, this one included.
+    /// `wanted` is the backend the session was started for, `used` the one that mounted
+    /// the view (they differ after a fallback).
     Ready {
         pid: i32,
         image: String,
         instances: u32,
+        wanted: Overlay,
+        used: Overlay,
     },
     /// The daemon could not set the session up; the text says why.
     Failed(String),
+    /// Something the user should know, sent before `Ready` (one line).
+    Note(String),
 }
 
 impl Greeting {
@@ -44,9 +51,12 @@ impl Greeting {
                 pid,
                 image,
                 instances,
-            } => format!("ready {pid} {image} {instances}\n"),
+                wanted,
+                used,
+            } => format!("ready {pid} {image} {instances} {wanted} {used}\n"),
             // One line, whatever the message held.
             Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
+            Greeting::Note(what) => format!("note {}\n", what.replace('\n', " ")),
         }
     }
 
@@ -55,14 +65,21 @@ impl Greeting {
         if let Some(why) = line.strip_prefix("failed ") {
             return Some(Greeting::Failed(why.to_string()));
         }
+        if let Some(what) = line.strip_prefix("note ") {
+            return Some(Greeting::Note(what.to_string()));
+        }
         let mut words = line.strip_prefix("ready ")?.split(' ');
         let pid = words.next()?.parse().ok().filter(|p| *p > 0)?;
         let image = words.next().filter(|w| !w.is_empty())?.to_string();
         let instances = words.next()?.parse().ok()?;
+        let wanted = words.next()?.parse().ok()?;
+        let used = words.next()?.parse().ok()?;
         words.next().is_none().then_some(Greeting::Ready {
             pid,
             image,
             instances,
+            wanted,
+            used,
         })
     }
 }
@@ -88,6 +105,9 @@ pub struct Membership {
     connection: UnixStream,
     pub daemon: i32,
     pub instances: u32,
+    /// The backend the session was started for, and the one serving the view.
+    pub wanted: Overlay,
+    pub overlay: Overlay,
 }
 
 impl Membership {
@@ -108,7 +128,12 @@ impl Membership {
 }
 
 /// Joins the running session of `places`, or starts one.
-pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Result<Membership> {
+pub fn connect(
+    image: &Image,
+    places: &Places,
+    (uid, gid): (u32, u32),
+    wanted: Overlay,
+) -> anyhow::Result<Membership> {
     let identity = image_identity(image);
     let lock = lock_file(&places.session_lock)?;
     let _lock = {
@@ -121,12 +146,17 @@ pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Re
     if let Some(stream) = connect_running(&places.socket)? {
         let _step = Step::new("join the running session");
         match greeting(stream)? {
-            // Alone in a lingering session that serves other layers: replace it.
-            Some((member, image)) if image != identity && member.instances == 1 => {
-                debug::log("the lingering session serves older layers; replacing it");
+            // Alone in a lingering session that serves other layers, or another
+            // backend: replace it.
+            Some((member, image))
+                if (image != identity || member.wanted != wanted) && member.instances == 1 =>
+            {
+                debug::log(
+                    "the lingering session serves other layers or another overlay backend; replacing it",
+                );
                 member.make_way()?;
             }
-            Some(member) => return check_identity(member, &identity, places),
+            Some(member) => return check_identity(member, &identity, wanted, places),
             None => debug::log("the session's daemon died; starting a new one"),
         }
     }
@@ -136,9 +166,9 @@ pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Re
         .remove_session_files()
         .context("cannot clear a stale session")?;
     let _step = Step::new("start the session daemon");
-    let stream = daemon::spawn(image, places, uid, gid, &identity)?;
+    let stream = daemon::spawn(image, places, uid, gid, &identity, wanted)?;
     match greeting(stream)? {
-        Some(member) => check_identity(member, &identity, places),
+        Some(member) => check_identity(member, &identity, wanted, places),
         None => {
             bail!("the session daemon exited while starting (run with FIM_DEBUG=1 for details)")
         }
@@ -148,13 +178,21 @@ pub fn connect(image: &Image, places: &Places, uid: u32, gid: u32) -> anyhow::Re
 fn check_identity(
     (member, image): (Membership, String),
     identity: &str,
+    wanted: Overlay,
     places: &Places,
 ) -> anyhow::Result<Membership> {
+    let others = member.instances.saturating_sub(1);
     if image != identity {
         bail!(
-            "{} changed its layers while {} other instance(s) still run the old ones; close them and run again",
+            "{} changed its layers while {others} other instance(s) still run the old ones; close them and run again",
             places.image.display(),
-            member.instances.saturating_sub(1)
+        );
+    }
+    if member.wanted != wanted {
+        // One view per upper directory: joining is safe, a second backend is not.
+        eprintln!(
+            "fim: {others} running instance(s) of this image use the {} overlay; {wanted} applies once they have exited",
+            member.overlay
         );
     }
     debug::log(format!(
@@ -191,33 +229,44 @@ fn connect_running(socket: &Path) -> anyhow::Result<Option<UnixStream>> {
     }
 }
 
-/// Reads the daemon's greeting: the membership, or `None` if the daemon hung up.
+/// Reads the daemon's greeting: the membership, or `None` if the daemon hung up. Notes
+/// before it are shown to the user.
 fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> {
     stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
-    let mut line = String::new();
+    // The daemon sends nothing after `Ready`, so the reader holds nothing beyond it.
     let mut reader = BufReader::new(&stream);
-    reader
-        .read_line(&mut line)
-        .context("no answer from the session daemon")?;
-    drop(reader);
-    if line.is_empty() {
-        return Ok(None);
-    }
-    match Greeting::parse(&line) {
-        Some(Greeting::Ready {
-            pid,
-            image,
-            instances,
-        }) => Ok(Some((
-            Membership {
-                connection: stream,
-                daemon: pid,
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .context("no answer from the session daemon")?;
+        if line.is_empty() {
+            return Ok(None);
+        }
+        match Greeting::parse(&line) {
+            Some(Greeting::Note(what)) => eprintln!("fim: {what}"),
+            Some(Greeting::Ready {
+                pid,
+                image,
                 instances,
-            },
-            image,
-        ))),
-        Some(Greeting::Failed(why)) => bail!("{why}"),
-        None => bail!("the session daemon sent a garbled greeting: {line:?}"),
+                wanted,
+                used,
+            }) => {
+                drop(reader);
+                return Ok(Some((
+                    Membership {
+                        connection: stream,
+                        daemon: pid,
+                        instances,
+                        wanted,
+                        overlay: used,
+                    },
+                    image,
+                )));
+            }
+            Some(Greeting::Failed(why)) => bail!("{why}"),
+            None => bail!("the session daemon sent a garbled greeting: {line:?}"),
+        }
     }
 }
 
@@ -240,6 +289,7 @@ pub fn lock_file(path: &Path) -> anyhow::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::Greeting;
+    use fim_reserved::Overlay;
 
     #[test]
     fn ready_round_trips() {
@@ -247,8 +297,22 @@ mod tests {
             pid: 42,
             image: "00ff".into(),
             instances: 3,
+            wanted: Overlay::Bwrap,
+            used: Overlay::Unionfs,
         };
+        assert_eq!(g.encode(), "ready 42 00ff 3 bwrap unionfs\n");
         assert_eq!(Greeting::parse(&g.encode()), Some(g));
+    }
+
+    #[test]
+    fn note_round_trips_as_one_line() {
+        let g = Greeting::Note("overlayfs mount refused (EPERM),\nusing unionfs-fuse".into());
+        assert_eq!(
+            Greeting::parse(&g.encode()),
+            Some(Greeting::Note(
+                "overlayfs mount refused (EPERM), using unionfs-fuse".into()
+            ))
+        );
     }
 
     #[test]
@@ -269,8 +333,11 @@ mod tests {
             "ready 0 ab 1\n",
             "ready -3 ab 1\n",
             "ready 5 ab\n",
-            "ready 5 ab 1 extra\n",
-            "ready 5 ab 1",
+            "ready 5 ab 1\n",
+            "ready 5 ab 1 bwrap\n",
+            "ready 5 ab 1 bwrap nonsense\n",
+            "ready 5 ab 1 bwrap bwrap extra\n",
+            "ready 5 ab 1 bwrap bwrap",
             "hello\n",
         ] {
             assert_eq!(Greeting::parse(bad), None, "{bad:?}");

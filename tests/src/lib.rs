@@ -7,9 +7,12 @@
 //! - [`fsutil`]: creating the odd entries a root filesystem can hold (devices, owners,
 //!   nanosecond mtimes), prerequisites (root, FUSE, tools; `skip` prints `skipped: ...`)
 //!   and a seeded random generator.
+//! - [`sandbox`]: running images as the invoker or a created user; [`checks`]: checks
+//!   several test files run against such an app.
 //! - [`image`]: building images and reading where their parts are (`fim inspect --json`).
 
 pub mod bins;
+pub mod checks;
 pub mod fsutil;
 pub mod image;
 pub mod mount;

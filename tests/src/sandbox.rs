@@ -111,6 +111,8 @@ pub struct App {
     pub gid: u32,
     pub dir: tempfile::TempDir,
     pub image: PathBuf,
+    /// `FIM_OVERLAY` for every run, when set.
+    pub overlay: Option<&'static str>,
     _fuse: Option<FuseAccess>,
 }
 
@@ -159,12 +161,55 @@ pub fn base_image() -> PathBuf {
             crate::fsutil::chmod(&rootfs.join("data"), 0o1777);
             std::fs::write(rootfs.join("data/keep.txt"), "keep\n").expect("write keep");
             std::fs::write(rootfs.join("data/gone.txt"), "gone\n").expect("write gone");
+            // For the overlay backends: a directory to replace, one to rename, a file to chmod.
+            for (path, text) in [
+                ("data/replaced/old.txt", "old\n"),
+                ("data/replaced/sub/deep.txt", "deep\n"),
+                ("data/moved/m.txt", "m\n"),
+                ("data/mode.txt", "mode\n"),
+            ] {
+                let path = rootfs.join(path);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(path, text).expect("write");
+            }
+            add_host_programs(&rootfs, &["setfattr", "getfattr"]);
             let image = dir.join("base.flatimage");
             build_with(&[&rootfs], &image, &["--level", "3"]);
             std::fs::remove_dir_all(&rootfs).expect("remove rootfs");
             image
         })
         .clone()
+}
+
+/// Copies host programs, when installed, with the shared libraries they load, to the
+/// same paths in `rootfs`; a missing one is left out (tests using it say so).
+fn add_host_programs(rootfs: &Path, programs: &[&str]) {
+    for program in programs {
+        let Some(path) = which(program) else { continue };
+        let libraries = Command::new("ldd").arg(&path).output();
+        let Ok(libraries) = libraries else { continue };
+        let mut files = vec![path.clone()];
+        // "libattr.so.1 => /lib/x86_64-linux-gnu/libattr.so.1 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        for line in String::from_utf8_lossy(&libraries.stdout).lines() {
+            let file = line
+                .split("=>")
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            if let Some(file) = file.filter(|f| f.starts_with('/')) {
+                files.push(PathBuf::from(file));
+            }
+        }
+        for file in files {
+            let inside = rootfs.join(file.strip_prefix("/").expect("absolute"));
+            if inside.symlink_metadata().is_ok() {
+                continue;
+            }
+            std::fs::create_dir_all(inside.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&file, &inside).expect("copy a host program");
+        }
+    }
 }
 
 /// Where [`base_image`] builds, one directory per test process.
@@ -227,8 +272,15 @@ impl App {
             gid,
             image: copy,
             dir,
+            overlay: None,
             _fuse: fuse,
         })
+    }
+
+    /// Runs every command with `FIM_OVERLAY=overlay`.
+    pub fn with_overlay(mut self, overlay: &'static str) -> App {
+        self.overlay = Some(overlay);
+        self
     }
 
     /// The data directory next to the image.
@@ -265,6 +317,9 @@ impl App {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("TMPDIR", self.tmp_dir());
+        if let Some(overlay) = self.overlay {
+            cmd.env("FIM_OVERLAY", overlay);
+        }
         if self.who == Who::User {
             cmd.uid(self.uid)
                 .gid(self.gid)

@@ -3,9 +3,10 @@
 //! unprivileged user the tests create.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fim_tests::checks;
 use fim_tests::run::SpawnRetrying;
 use fim_tests::sandbox::{App, Who, host_mounts_mentioning, processes_with};
 use fim_tests::{put, tempdir, which};
@@ -114,7 +115,10 @@ fn changes_persist_across_runs(who: Who) {
         .assert_ok();
     let out = app.sh("cat /data/new.txt /data/keep.txt; ls /data");
     out.assert_ok();
-    assert_eq!(out.stdout, "written\nkeep\nkeep.txt\nnew.txt\n");
+    assert_eq!(
+        out.stdout,
+        "written\nkeep\nkeep.txt\nmode.txt\nmoved\nnew.txt\nreplaced\n"
+    );
     let out = app.sh("test -e /data/gone.txt && echo present || echo absent");
     assert_eq!(out.stdout, "absent\n", "a deleted layer file stays deleted");
 
@@ -158,79 +162,14 @@ fn ten_concurrent_instances_share_one_view(who: Who) {
     let Some(app) = App::new("concurrent", who) else {
         return;
     };
-    // Each writes its file, then waits until it sees all ten.
-    let script = "echo $0 > /data/i$0; n=0; while [ $n -lt 200 ]; do \
-                  [ $(ls /data | grep -c '^i') -ge 10 ] && break; sleep 0.05; n=$((n+1)); done; \
-                  ls /data | grep -c '^i'";
-    let children: Vec<Child> = (0..10)
-        .map(|i| {
-            app.command(["fim-exec", "sh", "-c", script, &i.to_string()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn_retrying()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().expect("wait instance");
-        assert!(
-            out.status.success(),
-            "instance failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "10\n");
-    }
+    checks::ten_instances_share_one_view(&app);
 }
 
 fn sigkill_of_the_launcher_leaves_nothing_behind(who: Who) {
     let Some(app) = App::new("sigkill", who) else {
         return;
     };
-    let marker = format!("{}.{}", 4000 + std::process::id() % 1000, who as u8);
-    let mut child = app
-        .command([
-            "fim-exec",
-            "sh",
-            "-c",
-            &format!("echo up; exec sleep {marker}"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn_retrying();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line, "up\n");
-    wait_for(
-        || !processes_with(&format!("sleep {marker}")).is_empty(),
-        "the app",
-    );
-    child.kill().expect("SIGKILL the launcher");
-    let killed = Instant::now();
-    child.wait().expect("reap");
-    let gone = || {
-        processes_with(&format!("sleep {marker}")).is_empty()
-            && std::fs::read_dir(app.runtime_dir())
-                .map(|d| d.flatten().all(|e| e.file_name() == "lock"))
-                .unwrap_or(true)
-    };
-    while !gone() && killed.elapsed() < Duration::from_secs(1) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        processes_with(&format!("sleep {marker}")).is_empty(),
-        "the app survived its launcher by more than a second"
-    );
-    assert!(
-        gone(),
-        "the instance directory remains in {}",
-        app.runtime_dir().display()
-    );
-    assert!(
-        host_mounts_mentioning(&app.runtime_dir()).is_empty(),
-        "a mount of the instance is visible on the host"
-    );
-    // And the image still runs.
-    app.sh("true").assert_ok();
+    checks::sigkill_of_the_launcher_leaves_nothing_behind(&app);
 }
 
 fn sigterm_and_ctrl_c_reach_the_app(who: Who) {
@@ -381,17 +320,6 @@ fn launcher_descriptors_do_not_leak_into_the_app(who: Who) {
 }
 
 /// Waits up to 5 s for `ready`.
-fn wait_for(ready: impl Fn() -> bool, what: &str) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn unknown_overlay_backend_is_refused() {
     let Some(app) = App::new("overlay_refused", Who::Invoker) else {
@@ -492,7 +420,7 @@ fn a_session_whose_directories_are_removed_ends() {
     std::fs::remove_dir_all(app.tmp_dir()).expect("remove TMPDIR");
     std::fs::remove_dir_all(app.data_dir()).expect("remove the data directory");
     let image = app.image.to_string_lossy().into_owned();
-    wait_for(
+    checks::wait_for(
         || processes_with(&image).is_empty(),
         "the session daemon to end",
     );

@@ -1,0 +1,106 @@
+//! Checks shared by several end-to-end test files, run against an [`App`].
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::run::SpawnRetrying;
+use crate::sandbox::{App, host_mounts_mentioning, processes_with};
+
+/// Ten instances started at once each write a file and see all ten: they share one view.
+pub fn ten_instances_share_one_view(app: &App) {
+    // Each writes its file, then waits until it sees all ten.
+    let script = "echo $0 > /data/i$0; n=0; while [ $n -lt 200 ]; do \
+                  [ $(ls /data | grep -c '^i') -ge 10 ] && break; sleep 0.05; n=$((n+1)); done; \
+                  ls /data | grep -c '^i'";
+    let children: Vec<Child> = (0..10)
+        .map(|i| {
+            app.command(["fim-exec", "sh", "-c", script, &i.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn_retrying()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait instance");
+        assert!(
+            out.status.success(),
+            "instance failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "10\n");
+    }
+}
+
+/// SIGKILL of a launcher ends its app within a second and leaves no session directory,
+/// no process mentioning the runtime directory (a FUSE backend) and no host mount.
+pub fn sigkill_of_the_launcher_leaves_nothing_behind(app: &App) {
+    let marker = format!(
+        "{}.{}{}",
+        4000 + std::process::id() % 1000,
+        app.who as u8,
+        app.overlay.map_or(0, str::len)
+    );
+    let mut child = app
+        .command([
+            "fim-exec",
+            "sh",
+            "-c",
+            &format!("echo up; exec sleep {marker}"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn_retrying();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line, "up\n");
+    wait_for(
+        || !processes_with(&format!("sleep {marker}")).is_empty(),
+        "the app",
+    );
+    child.kill().expect("SIGKILL the launcher");
+    let killed = Instant::now();
+    child.wait().expect("reap");
+    let gone = || {
+        processes_with(&format!("sleep {marker}")).is_empty()
+            && std::fs::read_dir(app.runtime_dir())
+                .map(|d| d.flatten().all(|e| e.file_name() == "lock"))
+                .unwrap_or(true)
+    };
+    while !gone() && killed.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        processes_with(&format!("sleep {marker}")).is_empty(),
+        "the app survived its launcher by more than a second"
+    );
+    assert!(
+        gone(),
+        "the instance directory remains in {}",
+        app.runtime_dir().display()
+    );
+    assert!(
+        host_mounts_mentioning(&app.runtime_dir()).is_empty(),
+        "a mount of the instance is visible on the host"
+    );
+    let runtime = app.runtime_dir().to_string_lossy().into_owned();
+    wait_for(
+        || processes_with(&runtime).is_empty(),
+        "the overlay backend's exit",
+    );
+    // And the image still runs.
+    app.sh("true").assert_ok();
+}
+
+/// Waits up to 5 s for `ready`.
+pub fn wait_for(ready: impl Fn() -> bool, what: &str) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
