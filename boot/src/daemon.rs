@@ -1,8 +1,9 @@
 //! The session daemon, forked from the first launcher of an image. It creates the
 //! namespaces, serves the merged layers over FUSE, mounts the writable view on top with
-//! the chosen backend (see `overlay`) and then waits: every launcher holds a connection, and when the last one closes (exit or
-//! SIGKILL alike) the daemon unmounts, removes its directories and exits. No polling while
-//! instances run; the daemon sleeps in `poll` until a launcher comes or goes.
+//! the chosen backend (see `overlay`) and then waits: every launcher holds a connection,
+//! and when the last one closes (exit or SIGKILL alike) the daemon unmounts, removes its
+//! directories and exits. No polling while instances run; the daemon sleeps in `poll`
+//! until a launcher comes or goes.
 
 use std::fs::{DirBuilder, File};
 use std::io::{Read, Write};
