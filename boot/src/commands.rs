@@ -13,6 +13,7 @@ use fim_reserved::{BootCommand, Overlay};
 
 use crate::debug::{self, Step};
 use crate::help;
+use crate::layer_cmd;
 use crate::run::{self, Launch};
 
 /// FlatImage commands that later versions of this launcher implement.
@@ -23,7 +24,6 @@ const PLANNED: &[&str] = &[
     "fim-casefold",
     "fim-notify",
     "fim-unshare",
-    "fim-layer",
     "fim-instance",
     "fim-desktop",
     "fim-remote",
@@ -40,6 +40,7 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
         Some("fim-boot") => boot(rest),
         Some("fim-exec") => launch("fim-exec", rest, root_from_env()),
         Some("fim-root") => launch("fim-root", rest, true),
+        Some("fim-layer") => layer_cmd::run(&self_path()?, rest),
         Some(cmd) if PLANNED.contains(&cmd) => {
             bail!("{cmd} is not available in this version yet (see fim-help)")
         }

@@ -27,6 +27,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, fork, setsid};
 
 use crate::debug;
+use crate::layer_stack::{self, LayerFile};
 use crate::namespaces;
 use crate::overlay::{self, Helper};
 use crate::places::Places;
@@ -44,9 +45,9 @@ const LOCK_RETRY_MS: u16 = 20;
 /// Forks the daemon and returns the launcher's end of its first connection.
 pub fn spawn(
     image: &Image,
+    extras: &[LayerFile],
     places: &Places,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
     identity: &str,
     wanted: Overlay,
 ) -> anyhow::Result<UnixStream> {
@@ -59,7 +60,8 @@ pub fn spawn(
         ForkResult::Parent { .. } => Ok(ours),
         ForkResult::Child => {
             drop(ours);
-            let code = daemon_main(image, places, uid, gid, identity, wanted, theirs);
+            let stack = Stack { image, extras };
+            let code = daemon_main(&stack, places, (uid, gid), identity, wanted, theirs);
             // Nothing of the launcher's (locks, buffers) may run its destructors here.
             // SAFETY: ends this process without unwinding.
             unsafe { libc::_exit(code) }
@@ -67,18 +69,23 @@ pub fn spawn(
     }
 }
 
+/// The layers the daemon serves.
+struct Stack<'a> {
+    image: &'a Image,
+    extras: &'a [LayerFile],
+}
+
 fn daemon_main(
-    image: &Image,
+    stack: &Stack,
     places: &Places,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
     identity: &str,
     wanted: Overlay,
     mut first: UnixStream,
 ) -> i32 {
     let _ = setsid();
     detach(&first);
-    match Daemon::set_up(image, places, uid, gid, wanted) {
+    match Daemon::set_up(stack, places, (uid, gid), wanted) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
             remove_session_files(places);
@@ -127,10 +134,9 @@ struct Daemon<'a> {
 
 impl<'a> Daemon<'a> {
     fn set_up(
-        image: &Image,
+        layers: &Stack,
         places: &'a Places,
-        uid: u32,
-        gid: u32,
+        (uid, gid): (u32, u32),
         wanted: Overlay,
     ) -> anyhow::Result<Self> {
         let data_lock = Flock::lock(
@@ -146,6 +152,9 @@ impl<'a> Daemon<'a> {
             ),
             Err(e) => return Err(e).context("cannot lock the data directory"),
         };
+        // A commit killed half way is finished (or forgotten) before the upper directory
+        // is mounted again.
+        crate::commit::recover(places, layers.image)?;
         for dir in [&places.instance, &places.layers, &places.root] {
             DirBuilder::new()
                 .mode(0o700)
@@ -164,7 +173,11 @@ impl<'a> Daemon<'a> {
 
         let stack = {
             let _step = debug::Step::new("daemon: open the layers");
-            image.stack(BlockCache::new(DEFAULT_CACHE_BYTES))?
+            layer_stack::open(
+                layers.image,
+                layers.extras,
+                BlockCache::new(DEFAULT_CACHE_BYTES),
+            )?
         };
         let settings = MountSettings {
             // The sandbox runs in a nested user namespace, not as the mounter.
@@ -404,6 +417,9 @@ impl<'a> Daemon<'a> {
             helper.stop();
         }
         let _ = self.fuse.unmount();
+        // The kernel overlay leaves its empty work directory with mode 000, which a
+        // user's `rm -rf` of the data directory cannot get through; it is made anew.
+        let _ = std::fs::remove_dir(self.places.data.join("work").join("work"));
         remove_session_files(self.places);
         drop(self.data_lock);
     }

@@ -43,6 +43,28 @@ const TOPICS: &[(&str, &str, &str)] = &[
          /bin/sh). Arguments given at run time are appended. `fim build --boot` sets it too.",
     ),
     (
+        "fim-layer",
+        "fim-layer commit [--to image|layer|file PATH] | create DIR OUT | add FILE | list | extract N DIR",
+        "Manage the image's read-only layers.\n\
+         commit: turn your changes (the data directory's upper directory) into a new layer:\n\
+         appended to the image (default), saved as the next managed layer in\n\
+         .<image name>.data/layers/ (--to layer), or written to a layer file (--to file\n\
+         PATH, which leaves your changes where they are). Deleted files and replaced\n\
+         directories stay deleted and replaced. Your changes are emptied only once the\n\
+         layer is safely in place; interrupted at any moment, nothing is lost or committed\n\
+         twice. Files copied up but left unchanged are not stored again.\n\
+         create: write a layer file from a directory. add: append a layer file to the\n\
+         image after checking every byte of it. list: the stack, bottom first, with origin,\n\
+         size, entry count and digest. extract: one layer as stored (deletions as .wh.\n\
+         files) into a new directory.\n\
+         \n\
+         The stack, bottom first: the image's layers, the managed layers, then the layer\n\
+         files and directories of layer files named by FIM_LAYERS (colon-separated, in that\n\
+         order). In a directory, files are ordered by the number their name starts with\n\
+         (2.layer before 10.layer). commit and add refuse while instances of the image run\n\
+         (saying how many); instances started meanwhile wait for them to finish.",
+    ),
+    (
         "fim-help",
         "fim-help [TOPIC]",
         "List the commands, or explain one of them.",

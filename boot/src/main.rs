@@ -2,10 +2,13 @@
 //! block, layers) from `/proc/self/exe` and dispatches the `fim-*` commands.
 
 mod commands;
+mod commit;
 mod daemon;
 mod debug;
 mod environment;
 mod help;
+mod layer_cmd;
+mod layer_stack;
 mod markers;
 mod namespaces;
 mod overlay;

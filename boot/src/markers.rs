@@ -123,10 +123,50 @@ pub fn recorded(data: &Path) -> anyhow::Result<BTreeSet<Format>> {
         .collect()
 }
 
-/// Rewrites the markers of `upper` in `target`'s format. `lower` is the merged read-only
-/// layer tree: it decides which deletions still matter and gives created parent directories
-/// their attributes. Returns whether anything had to be converted.
-pub fn convert(data: &Path, upper: &Path, lower: &Path, target: Format) -> anyhow::Result<bool> {
+/// What the merged read-only layers hold at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowerEntry {
+    pub is_dir: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: std::time::SystemTime,
+}
+
+/// The merged read-only layers under the upper directory, looked up by relative path.
+pub trait Lower {
+    /// `None` when nothing is there.
+    fn entry(&self, path: &Path) -> io::Result<Option<LowerEntry>>;
+}
+
+/// The layers as mounted at a directory (the session's FUSE mount).
+pub struct MountedLower<'a>(pub &'a Path);
+
+impl Lower for MountedLower<'_> {
+    fn entry(&self, path: &Path) -> io::Result<Option<LowerEntry>> {
+        match fs::symlink_metadata(self.0.join(path)) {
+            Ok(m) => Ok(Some(LowerEntry {
+                is_dir: m.is_dir(),
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: m.modified()?,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Rewrites the markers of `upper` in `target`'s format. `lower` decides which deletions
+/// still matter and gives created parent directories their attributes. Returns whether
+/// anything had to be converted.
+pub fn convert(
+    data: &Path,
+    upper: &Path,
+    lower: &dyn Lower,
+    target: Format,
+) -> anyhow::Result<bool> {
     let present = recorded(data)?;
     if present.len() == 1 && present.contains(&target) {
         return Ok(false);
@@ -283,7 +323,7 @@ fn scan_unionfs(
 /// Keeps the deletions that still hide something: a whiteout of an entry the lower tree
 /// has, an opaque directory over a lower directory, neither below a deleted or replaced
 /// directory nor below an upper non-directory.
-fn meaningful(upper: &Path, lower: &Path, all: &Deletions) -> Deletions {
+fn meaningful(upper: &Path, lower: &dyn Lower, all: &Deletions) -> Deletions {
     let visible_below = |path: &Path| -> bool {
         let mut ancestor = PathBuf::new();
         let parents: Vec<&OsStr> = path.parent().map_or(Vec::new(), |p| p.iter().collect());
@@ -299,9 +339,9 @@ fn meaningful(upper: &Path, lower: &Path, all: &Deletions) -> Deletions {
         true
     };
     // Only a definite "not there" drops a deletion: any other error keeps it.
-    let lower_kind = |path: &Path| match fs::symlink_metadata(lower.join(path)) {
-        Ok(m) => Some(m.is_dir()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+    let lower_kind = |path: &Path| match lower.entry(path) {
+        Ok(Some(e)) => Some(e.is_dir),
+        Ok(None) => None,
         Err(_) => Some(true),
     };
     // A real upper entry at a deleted path supersedes the deletion.
@@ -330,7 +370,7 @@ fn meaningful(upper: &Path, lower: &Path, all: &Deletions) -> Deletions {
 /// Writes `wanted` in `target`'s format; returns the markers this produced or kept.
 fn write(
     upper: &Path,
-    lower: &Path,
+    lower: &dyn Lower,
     target: Format,
     wanted: &Deletions,
 ) -> io::Result<Vec<Stored>> {
@@ -374,7 +414,7 @@ fn write(
 
 /// Creates the upper directories leading to `relative`, each with the mode, owner and
 /// times of the lower directory it covers, as an overlay's copy-up would.
-fn copy_up_dirs(upper: &Path, lower: &Path, relative: &Path) -> io::Result<()> {
+fn copy_up_dirs(upper: &Path, lower: &dyn Lower, relative: &Path) -> io::Result<()> {
     let mut path = PathBuf::new();
     for part in relative.iter() {
         path.push(part);
@@ -382,14 +422,19 @@ fn copy_up_dirs(upper: &Path, lower: &Path, relative: &Path) -> io::Result<()> {
         if fs::symlink_metadata(&at).is_ok() {
             continue;
         }
-        let source = fs::symlink_metadata(lower.join(&path))?;
+        let source = lower.entry(&path)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not in the layers", path.display()),
+            )
+        })?;
         fs::create_dir(&at)?;
-        fs::set_permissions(&at, fs::Permissions::from_mode(source.mode() & 0o7777))?;
+        fs::set_permissions(&at, fs::Permissions::from_mode(source.mode & 0o7777))?;
         // Best effort: an unmapped owner cannot be set in a user namespace.
-        let _ = std::os::unix::fs::lchown(&at, Some(source.uid()), Some(source.gid()));
+        let _ = std::os::unix::fs::lchown(&at, Some(source.uid), Some(source.gid));
         let times = fs::FileTimes::new()
-            .set_accessed(source.accessed()?)
-            .set_modified(source.modified()?);
+            .set_accessed(source.mtime)
+            .set_modified(source.mtime);
         File::open(&at)?.set_times(times)?;
     }
     Ok(())
@@ -419,6 +464,11 @@ fn remove(upper: &Path, item: &Stored) -> io::Result<()> {
 
 fn is_whiteout(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+/// Whether `dir`, in the kernel's format, replaces the lower directory at its path.
+pub fn is_opaque(dir: &Path) -> bool {
+    has_yes(dir, USER_OPAQUE)
 }
 
 /// Whether `dir` carries the opaque xattr `name`; unreadable counts as absent (a user
@@ -478,7 +528,8 @@ mod tests {
         }
         fn convert(&self, target: Format) -> bool {
             let d = self.data();
-            convert(d, &d.join("upper"), &d.join("lower"), target).expect("convert")
+            let lower = d.join("lower");
+            convert(d, &d.join("upper"), &MountedLower(&lower), target).expect("convert")
         }
         fn set_record(&self, text: &str) {
             fs::write(self.data().join(RECORD), text).expect("record");

@@ -165,12 +165,8 @@ fn mount_kernel(places: &Places) -> Result<(), Refusal> {
 /// Converts the upper directory's markers to `overlay`'s format.
 fn prepare_upper(places: &Places, overlay: Overlay) -> anyhow::Result<()> {
     let _step = debug::Step::new("daemon: check the upper directory's deletion markers");
-    if markers::convert(
-        &places.data,
-        &places.upper,
-        &places.layers,
-        Format::of(overlay),
-    )? {
+    let lower = markers::MountedLower(&places.layers);
+    if markers::convert(&places.data, &places.upper, &lower, Format::of(overlay))? {
         debug::log(format!(
             "daemon: converted the deletion markers for {overlay}"
         ));

@@ -24,6 +24,9 @@ pub struct Places {
     pub upper: PathBuf,
     /// Held exclusively by the session that mounts `upper`: one session per data directory.
     pub data_lock: PathBuf,
+    /// Every running instance holds it shared; a layer change (`fim-layer commit`, `add`)
+    /// takes it exclusively, so it is refused while instances run and they wait for it.
+    pub instances_lock: PathBuf,
     /// Serialises starting, joining and stopping sessions: one per user, so no lock file
     /// is left behind per image.
     pub session_lock: PathBuf,
@@ -60,6 +63,7 @@ impl Places {
         Ok(Places {
             image: image.to_path_buf(),
             data_lock: data.join("lock"),
+            instances_lock: data.join("instances"),
             upper,
             session_lock: runtime.join("lock"),
             layers: instance.join("layers"),

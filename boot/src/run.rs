@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use fim_image::Image;
 use fim_reserved::{Overlay, Permissions};
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 
 use crate::debug::{self, Step};
@@ -18,7 +19,7 @@ use crate::environment::{RunFacts, sandbox_env};
 use crate::places::Places;
 use crate::sandbox::{SYSTEM_DIRS, Sandbox};
 use crate::supervise::{self, Outcome};
-use crate::{namespaces, session, shim};
+use crate::{layer_stack, namespaces, session, shim};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -40,7 +41,13 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         let _step = Step::new("prepare the data and runtime directories");
         Places::prepare(image.path(), uid)?
     };
-    let membership = session::connect(&image, &places, (uid, gid), overlay)?;
+    // Held until this launcher exits: layer changes wait for every running instance.
+    let (_running, image) = mark_running(&places, image)?;
+    let extras = {
+        let _step = Step::new("open the managed and FIM_LAYERS layers");
+        layer_stack::extra_layers(&places.data)?
+    };
+    let membership = session::connect(&image, &extras, &places, (uid, gid), overlay)?;
     {
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?;
@@ -121,6 +128,24 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     }
     membership.leave();
     Ok(outcome.into())
+}
+
+/// Marks this launcher as a running instance: a shared lock that a layer change
+/// (`fim-layer commit`, `add`) takes exclusively. During such a change this waits, then
+/// opens the image anew: the change may have replaced it.
+fn mark_running(places: &Places, image: Image) -> anyhow::Result<(Flock<File>, Image)> {
+    let file = session::lock_file(&places.instances_lock)?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(lock) => Ok((lock, image)),
+        Err((file, Errno::EWOULDBLOCK)) => {
+            let _step = Step::new("wait for a layer change of the image to end");
+            let lock = Flock::lock(file, FlockArg::LockShared)
+                .map_err(|(_, e)| e)
+                .context("cannot lock the data directory")?;
+            Ok((lock, Image::open(&places.image)?))
+        }
+        Err((_, e)) => Err(e).context("cannot lock the data directory"),
+    }
 }
 
 /// `FIM_BWRAP`, else `bwrap` from `PATH`.

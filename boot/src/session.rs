@@ -19,6 +19,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use crate::daemon;
 use crate::debug::{self, Step};
+use crate::layer_stack::{self, LayerFile};
 use crate::places::Places;
 
 /// How long a launcher waits for a live daemon to greet it.
@@ -84,16 +85,6 @@ impl Greeting {
     }
 }
 
-/// Identity of the layers an image carries: instances may share a session only if they
-/// serve the same layers.
-pub fn image_identity(image: &Image) -> String {
-    let mut digests = Vec::new();
-    for layer in image.layer_entries() {
-        digests.extend_from_slice(&layer.digest);
-    }
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&digests))
-}
-
 /// Byte a launcher sends when its app ended normally, just before it leaves.
 pub const LEAVING: u8 = b'L';
 /// Byte the only launcher sends to make a session whose layers changed go away.
@@ -130,11 +121,12 @@ impl Membership {
 /// Joins the running session of `places`, or starts one.
 pub fn connect(
     image: &Image,
+    extras: &[LayerFile],
     places: &Places,
     (uid, gid): (u32, u32),
     wanted: Overlay,
 ) -> anyhow::Result<Membership> {
-    let identity = image_identity(image);
+    let identity = layer_stack::identity(image, extras);
     let lock = lock_file(&places.session_lock)?;
     let _lock = {
         let _step = Step::new("wait for the session lock");
@@ -166,7 +158,7 @@ pub fn connect(
         .remove_session_files()
         .context("cannot clear a stale session")?;
     let _step = Step::new("start the session daemon");
-    let stream = daemon::spawn(image, places, uid, gid, &identity, wanted)?;
+    let stream = daemon::spawn(image, extras, places, (uid, gid), &identity, wanted)?;
     match greeting(stream)? {
         Some(member) => check_identity(member, &identity, wanted, places),
         None => {
@@ -200,6 +192,44 @@ fn check_identity(
         member.daemon, member.instances
     ));
     Ok(member)
+}
+
+/// Ends this user's lingering session of `places`, whose mounts hold the upper directory
+/// a layer change is about to change. Fails, naming how many, when instances still run.
+pub fn end_lingering(places: &Places) -> anyhow::Result<()> {
+    let lock = lock_file(&places.session_lock)?;
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("cannot lock {}", places.session_lock.display()))?;
+    let Some(stream) = connect_running(&places.socket)? else {
+        return Ok(());
+    };
+    match greeting(stream)? {
+        Some((member, _)) if member.instances == 1 => member.make_way(),
+        Some((member, _)) => Err(running_error(places, Some(member.instances - 1))),
+        None => Ok(()),
+    }
+}
+
+/// How many instances this user's session of `places` serves, if it can be reached.
+pub fn running_instances(places: &Places) -> Option<u32> {
+    let stream = connect_running(&places.socket).ok()??;
+    // Leaving at once is safe: other members keep the session alive.
+    let (member, _) = greeting(stream).ok()??;
+    Some(member.instances.saturating_sub(1))
+}
+
+/// The refusal of a change while instances run.
+pub fn running_error(places: &Places, count: Option<u32>) -> anyhow::Error {
+    let image = places.image.display();
+    match count {
+        Some(n) if n > 0 => {
+            anyhow::anyhow!("{n} instance(s) of {image} are running; close them, then try again")
+        }
+        _ => anyhow::anyhow!(
+            "instances of {image} are running (another user's, or with another TMPDIR); close them, then try again"
+        ),
+    }
 }
 
 /// Connects to a live daemon's socket; `None` when there is none.

@@ -12,7 +12,7 @@ pub use elf::elf_end;
 pub use error::{ImageError, Result};
 pub use image::Image;
 pub use trailer::{ALIGN, FOOTER_SIZE, Footer, IMAGE_VERSION, LAYER_ENTRY_SIZE, LayerEntry};
-pub use write::{ImageWriter, Updated, read_launcher, update_reserved};
+pub use write::{ChangeLock, ImageWriter, SealedImage, Updated, read_launcher, update_reserved};
 
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,10 @@ pub struct ImageWriter {
     footer: Footer,
     layers: Vec<LayerEntry>,
     pos: u64,
+    /// Mode and owner of the written image: 0755 and the writer for a new image, those of
+    /// the old one when an image is extended.
+    mode: u32,
+    owner: Option<(u32, u32)>,
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -99,7 +103,55 @@ impl ImageWriter {
             },
             layers: Vec::new(),
             pos,
+            mode: 0o755,
+            owner: None,
         })
+    }
+
+    /// Starts a new version of `image`, whose change lock the caller holds: the same
+    /// launcher, config and layers, to which layers can then be appended. The old file
+    /// is not touched until [`SealedImage::persist`] renames the new one over it.
+    pub fn extend(image: &Image) -> Result<Self> {
+        let path = image.path();
+        let meta = fs::metadata(path).map_err(|e| ImageError::io(path, e))?;
+        let tmp = temp_in(path, TEMP_MARK)?;
+        let footer = *image.footer();
+        let end = footer.table_offset;
+        let bytes = image
+            .bytes()
+            .get(..end as usize)
+            .ok_or_else(|| ImageError::corrupt("layer table past the end of the image"))?;
+        let tmp_path = tmp.path().to_owned();
+        let mut file = tmp.as_file();
+        file.write_all(bytes)
+            .map_err(|e| ImageError::io(&tmp_path, e))?;
+        Ok(ImageWriter {
+            out: path.to_owned(),
+            tmp,
+            footer,
+            layers: image.layer_entries().to_vec(),
+            pos: end,
+            mode: meta.mode() & 0o7777,
+            owner: Some((meta.uid(), meta.gid())),
+        })
+    }
+
+    /// Appends a layer already built and verified (a layer file's bytes).
+    pub fn add_layer_bytes(&mut self, layer: &[u8], digest: [u8; 32]) -> Result<()> {
+        let start = self.pos.next_multiple_of(ALIGN);
+        let path = self.tmp.path().to_owned();
+        zeros(self.tmp.as_file(), self.pos, start, &path)?;
+        self.tmp
+            .as_file()
+            .write_all_at(layer, start)
+            .map_err(|e| ImageError::io(&path, e))?;
+        self.layers.push(LayerEntry {
+            offset: start,
+            size: layer.len() as u64,
+            digest,
+        });
+        self.pos = start + layer.len() as u64;
+        Ok(())
     }
 
     /// Builds a layer from directory `source` and appends it.
@@ -130,8 +182,14 @@ impl ImageWriter {
         Ok(stats)
     }
 
-    /// Writes the trailer, syncs, and atomically puts the image at its path (mode 0755).
-    pub fn finish(mut self) -> Result<()> {
+    /// Writes the trailer, syncs, and atomically puts the image at its path.
+    pub fn finish(self) -> Result<()> {
+        self.seal()?.persist()
+    }
+
+    /// Writes the trailer and syncs; the image is complete but not yet at its path, so
+    /// the caller can record what it is about to do before [`SealedImage::persist`].
+    pub fn seal(mut self) -> Result<SealedImage> {
         if self.layers.is_empty() {
             return Err(ImageError::corrupt("an image needs at least one layer"));
         }
@@ -145,21 +203,67 @@ impl ImageWriter {
         self.footer.table_offset = self.pos;
         self.footer.table_checksum = xxhash_rust::xxh3::xxh3_64(&table);
         let file = self.tmp.as_file_mut();
+        if let Some((uid, gid)) = self.owner {
+            // Keep the owner when we may (root changing a user's image). Before chmod,
+            // since chown clears set-id bits.
+            let _ = std::os::unix::fs::fchown(&*file, Some(uid), Some(gid));
+        }
         file.seek(SeekFrom::Start(self.pos))
             .and_then(|_| file.write_all(&table))
             .and_then(|_| file.write_all(&self.footer.encode()))
-            .and_then(|_| file.set_permissions(fs::Permissions::from_mode(0o755)))
+            .and_then(|_| file.set_permissions(fs::Permissions::from_mode(self.mode)))
             .and_then(|_| file.sync_all())
             .map_err(|e| ImageError::io(&path, e))?;
-        let out = self.out.clone();
-        // Closed before the rename: an executable with an open writer cannot be run
-        // ("text file busy"), and the image may be started the moment it appears.
+        Ok(SealedImage {
+            out: self.out,
+            // Closed before the rename: an executable with an open writer cannot be run
+            // ("text file busy"), and the image may be started the moment it appears.
+            tmp: self.tmp.into_temp_path(),
+            layers: self.layers,
+        })
+    }
+}
+
+/// A complete, synced new image waiting to be renamed over its path; dropped, it is removed.
+pub struct SealedImage {
+    out: PathBuf,
+    tmp: tempfile::TempPath,
+    layers: Vec<LayerEntry>,
+}
+
+impl SealedImage {
+    /// The layers of the new image.
+    pub fn layers(&self) -> &[LayerEntry] {
+        &self.layers
+    }
+
+    /// Atomically puts the image at its path.
+    pub fn persist(self) -> Result<()> {
+        let out = self.out;
         self.tmp
-            .into_temp_path()
             .persist(&out)
             .map_err(|e| ImageError::io(&out, e.error))?;
         sync_dir(&out);
         Ok(())
+    }
+}
+
+/// The exclusive change lock of an image: config changes and layer changes take it in
+/// turn. Stale temporaries of killed changes are removed once it is held.
+pub struct ChangeLock {
+    file: File,
+}
+
+impl ChangeLock {
+    pub fn acquire(path: &Path) -> Result<ChangeLock> {
+        let file = lock_image(path)?;
+        remove_stale_temps(path);
+        Ok(ChangeLock { file })
+    }
+
+    /// The locked image file (the inode the path names).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -221,9 +325,9 @@ pub fn update_reserved<E>(
 where
     E: From<ImageError>,
 {
-    let locked = lock_image(path)?;
-    remove_stale_temps(path);
-    let image = Image::from_file(&locked, path)?;
+    let lock = ChangeLock::acquire(path)?;
+    let locked = lock.file();
+    let image = Image::from_file(locked, path)?;
     let mut reserved = image.reserved().clone();
     change(&mut reserved)?;
     if &reserved == image.reserved() {
@@ -235,7 +339,7 @@ where
     let mut tmp = temp_in(path, TEMP_MARK)?;
     let tmp_path = tmp.path().to_owned();
     let meta = locked.metadata().map_err(|e| ImageError::io(path, e))?;
-    let mut src = &locked;
+    let mut src = locked;
     src.seek(SeekFrom::Start(0))
         .and_then(|_| std::io::copy(&mut src, tmp.as_file_mut()))
         .map_err(|e| ImageError::io(&tmp_path, e))?;

@@ -26,6 +26,13 @@ pub enum WhiteoutFormat {
 const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OCI_OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const OVERLAY_OPAQUE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay.opaque"];
+/// Bookkeeping of overlay implementations in an upper directory (origin, impure, uuid...):
+/// not the user's data, and meaningless in a layer.
+const OVERLAY_PRIVATE_PREFIXES: [&[u8]; 3] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+];
 
 /// Where a regular file's bytes are on the host, as runs of data (holes omitted).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +240,8 @@ impl Scanner<'_> {
                     flags |= FLAG_OPAQUE;
                 }
             }
+            xattrs
+                .retain(|(name, _)| !OVERLAY_PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p)));
         }
         let symlink_target = if ft.is_symlink() {
             fs::read_link(path)

@@ -104,3 +104,15 @@ pub fn wait_for(ready: impl Fn() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Waits for the session of `app` (its linger included) to end.
+pub fn wait_for_the_session_to_end(app: &App) {
+    wait_for(
+        || {
+            std::fs::read_dir(app.runtime_dir())
+                .map(|d| d.flatten().all(|e| e.file_name() == "lock"))
+                .unwrap_or(true)
+        },
+        "the session's end",
+    );
+}

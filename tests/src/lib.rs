@@ -26,3 +26,26 @@ pub use image::{Layout, build, build_with, layout};
 pub use mount::Mount;
 pub use run::{Output, fim, run};
 pub use tree::{Tree, assert_same_tree, diff, snapshot};
+
+/// Makes, for each named check `fn check(backend: &'static str, who: Who)`, a module with
+/// one test per overlay backend and identity.
+#[macro_export]
+macro_rules! per_backend {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            use $crate::sandbox::Who;
+            #[test]
+            fn bwrap_as_invoker() { super::$check("bwrap", Who::Invoker) }
+            #[test]
+            fn bwrap_as_unprivileged_user() { super::$check("bwrap", Who::User) }
+            #[test]
+            fn overlayfs_as_invoker() { super::$check("overlayfs", Who::Invoker) }
+            #[test]
+            fn overlayfs_as_unprivileged_user() { super::$check("overlayfs", Who::User) }
+            #[test]
+            fn unionfs_as_invoker() { super::$check("unionfs", Who::Invoker) }
+            #[test]
+            fn unionfs_as_unprivileged_user() { super::$check("unionfs", Who::User) }
+        }
+    )*};
+}

@@ -37,28 +37,8 @@ const EXPECTED: &str = "./
 ./replaced/fresh.txt 644:1 fresh|
 ";
 
-/// Each check runs for every backend, as the invoker and as the unprivileged user.
-macro_rules! per_backend {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            use super::Who;
-            #[test]
-            fn bwrap_as_invoker() { super::$check("bwrap", Who::Invoker) }
-            #[test]
-            fn bwrap_as_unprivileged_user() { super::$check("bwrap", Who::User) }
-            #[test]
-            fn overlayfs_as_invoker() { super::$check("overlayfs", Who::Invoker) }
-            #[test]
-            fn overlayfs_as_unprivileged_user() { super::$check("overlayfs", Who::User) }
-            #[test]
-            fn unionfs_as_invoker() { super::$check("unionfs", Who::Invoker) }
-            #[test]
-            fn unionfs_as_unprivileged_user() { super::$check("unionfs", Who::User) }
-        }
-    )*};
-}
-
-per_backend!(
+// Each check runs for every backend, as the invoker and as the unprivileged user.
+fim_tests::per_backend!(
     every_kind_of_change_persists,
     ten_concurrent_instances_share_one_view,
     sigkill_of_the_launcher_leaves_nothing_behind,
@@ -251,18 +231,6 @@ fn a_missing_backend_program_is_named_with_its_package() {
     assert_eq!(out.stdout, "ok\n");
 }
 
-/// Waits for the session of `app` to end (its linger included).
-fn wait_for_the_session_to_end(app: &App) {
-    checks::wait_for(
-        || {
-            std::fs::read_dir(app.runtime_dir())
-                .map(|d| d.flatten().all(|e| e.file_name() == "lock"))
-                .unwrap_or(true)
-        },
-        "the session's end",
-    );
-}
-
 #[test]
 fn a_refused_kernel_overlay_falls_back_to_the_installed_fuse_backend() {
     if let Some(program) = missing_tool("unionfs").or(missing_tool("overlayfs")) {
@@ -283,7 +251,7 @@ fn a_refused_kernel_overlay_falls_back_to_the_installed_fuse_backend() {
         // Written through the kernel overlay, read through the fallback.
         app.sh("echo kept > /data/before; rm /data/gone.txt")
             .assert_ok();
-        wait_for_the_session_to_end(&app);
+        checks::wait_for_the_session_to_end(&app);
         let out = fim_tests::run(
             app.command([
                 "fim-exec",

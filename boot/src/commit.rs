@@ -1,0 +1,436 @@
+//! `fim-layer commit`: the upper directory becomes a layer, exactly once.
+//!
+//! The new layer is written and synced first (a new image file beside the image, or a
+//! temporary managed layer file), then a journal naming its digest is written, then the
+//! layer is renamed into place, and only then is the upper directory emptied. Whoever next
+//! holds the data directory (a commit or a session daemon) reads the journal: if the layer
+//! with that digest is in place the upper directory is emptied, otherwise it is kept.
+//! Killed at any instant, the user's changes are committed or still in the upper
+//! directory, never lost and never committed twice.
+
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use fim_image::{ChangeLock, Image, ImageWriter};
+use fim_layers::{BlockCache, BuildOptions, NoProgress, Stack, WhiteoutFormat, build_layer, hex};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::layer_stack::{self, StackLower};
+use crate::markers::{self, Format};
+use crate::places::Places;
+use crate::session;
+
+/// The journal of a commit in flight, in the data directory.
+const JOURNAL: &str = "commit-journal";
+/// Where the committed upper directory waits to be removed.
+const COMMITTED: &str = "upper.committed";
+/// Prefix of a managed layer being written.
+const MANAGED_TEMP: &str = ".commit-";
+
+/// Test-only switch: `FIM_TEST_COMMIT_CRASH=POINT` ends the commit process at once, as a
+/// SIGKILL would, at POINT: `sealed` (the new layer is written), `journaled` (the journal
+/// too), `persisted` (the layer is in place) or `moved` (the old upper directory is set
+/// aside). Tests use it to check recovery from each of these states.
+const CRASH_POINT: &str = "FIM_TEST_COMMIT_CRASH";
+
+fn crash_point(point: &str) {
+    if std::env::var_os(CRASH_POINT).is_some_and(|v| v == point) {
+        // SAFETY: ends the process without unwinding, as a kill would.
+        unsafe { libc::_exit(137) }
+    }
+}
+
+/// Where `fim-layer commit` puts the new layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Appended to the image itself.
+    Image,
+    /// The next managed layer in `<data>/layers/`.
+    Managed,
+    /// A standalone layer file; the upper directory stays as it is.
+    File(PathBuf),
+}
+
+/// The data directory, held exclusively: no session runs on it meanwhile.
+pub struct DataLock(#[allow(dead_code)] Flock<File>);
+
+/// Takes the data directory for a change of its upper directory: ends this user's
+/// lingering session, and refuses while any instance runs.
+pub fn take_data(places: &Places) -> anyhow::Result<DataLock> {
+    session::end_lingering(places)?;
+    let file = session::lock_file(&places.data_lock)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(DataLock(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+            "the data directory {} is in use by a session of another user or TMPDIR; close it, then try again",
+            places.data.display()
+        ),
+        Err((_, e)) => Err(e).context("cannot lock the data directory"),
+    }
+}
+
+/// Held for a whole layer change: no instance runs meanwhile, and new ones wait.
+pub struct NoInstances(#[allow(dead_code)] Flock<File>);
+
+/// Refuses a layer change while instances of the image run on this data directory (each
+/// holds a shared lock); once granted, new instances wait until it is dropped.
+pub fn refuse_if_running(places: &Places) -> anyhow::Result<NoInstances> {
+    let file = session::lock_file(&places.instances_lock)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(NoInstances(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(session::running_error(
+            places,
+            session::running_instances(places),
+        )),
+        Err((_, e)) => Err(e).context("cannot lock the data directory"),
+    }
+}
+
+/// Commits the upper directory of `places` to `target`; returns a one-line summary.
+pub fn commit(places: &Places, target: &Target) -> anyhow::Result<String> {
+    let change = ChangeLock::acquire(&places.image)?;
+    let _running = refuse_if_running(places)?;
+    let _data = take_data(places)?;
+    let image = Image::from_file(change.file(), &places.image)?;
+    recover(places, &image)?;
+
+    let extras = layer_stack::extra_layers(&places.data)?;
+    let stack = layer_stack::open(&image, &extras, BlockCache::new(64 << 20))?;
+    // The layer builder reads the kernel's markers: bring every other format to them.
+    markers::convert(
+        &places.data,
+        &places.upper,
+        &StackLower(&stack),
+        Format::Kernel,
+    )?;
+    if is_empty(&places.upper)? {
+        return Ok("nothing to commit: the upper directory is empty".into());
+    }
+    let options = BuildOptions {
+        whiteouts: WhiteoutFormat::Overlay,
+        exclude: unchanged_copies(&places.upper, &stack)?,
+        ..BuildOptions::default()
+    };
+    let no_space = |e: anyhow::Error| {
+        let full = e.chain().any(|c| {
+            c.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+                || c.to_string().contains("No space left on device")
+        });
+        if full {
+            e.context("no space left on the device: free some, then commit again (the image and your changes are unchanged)")
+        } else {
+            e
+        }
+    };
+    match target {
+        Target::Image => {
+            let mut writer = ImageWriter::extend(&image).map_err(|e| no_space(e.into()))?;
+            writer
+                .add_layer_from_dir(&places.upper, &options, &NoProgress)
+                .map_err(|e| no_space(e.into()))?;
+            let sealed = writer.seal().map_err(|e| no_space(e.into()))?;
+            let layer = *sealed
+                .layers()
+                .last()
+                .context("the new image has no layers")?;
+            crash_point("sealed");
+            write_journal(&places.data, &layer.digest).map_err(no_space)?;
+            crash_point("journaled");
+            sealed.persist()?;
+            crash_point("persisted");
+            empty_upper(places)?;
+            Ok(format!(
+                "committed to {} as layer {} ({})",
+                places.image.display(),
+                image.layer_entries().len(),
+                size(layer.size)
+            ))
+        }
+        Target::Managed => {
+            let dir = layer_stack::managed_dir(&places.data);
+            DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let (temp, digest, bytes) =
+                build_file(&places.upper, &dir, &options).map_err(no_space)?;
+            let name = next_managed_name(&dir)?;
+            crash_point("sealed");
+            write_journal(&places.data, &digest).map_err(no_space)?;
+            crash_point("journaled");
+            let path = dir.join(&name);
+            temp.persist(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            sync_dir(&dir);
+            crash_point("persisted");
+            empty_upper(places)?;
+            Ok(format!("committed to {} ({})", path.display(), size(bytes)))
+        }
+        Target::File(path) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let (temp, _, bytes) = build_file(&places.upper, dir, &options).map_err(no_space)?;
+            temp.persist(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            sync_dir(dir);
+            Ok(format!(
+                "wrote {} ({}); the upper directory is unchanged",
+                path.display(),
+                size(bytes)
+            ))
+        }
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..1048576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1048576.0),
+    }
+}
+
+/// Builds a layer from `upper` into a synced temporary file in `dir`.
+fn build_file(
+    upper: &Path,
+    dir: &Path,
+    options: &BuildOptions,
+) -> anyhow::Result<(tempfile::TempPath, [u8; 32], u64)> {
+    let temp = tempfile::Builder::new()
+        .prefix(MANAGED_TEMP)
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let stats = build_layer(upper, temp.as_file(), 0, options, &NoProgress)?;
+    let file = temp.as_file();
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+    Ok((temp.into_temp_path(), stats.digest, stats.layer_size))
+}
+
+/// `N.layer` for the next number after the managed layers already there.
+fn next_managed_name(dir: &Path) -> anyhow::Result<String> {
+    let highest = layer_stack::layer_files(dir, true)?
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0);
+    Ok(format!("{}.layer", highest + 1))
+}
+
+fn write_journal(data: &Path, digest: &[u8; 32]) -> anyhow::Result<()> {
+    let path = data.join(JOURNAL);
+    let temporary = data.join(format!("{JOURNAL}.new"));
+    let write = || -> io::Result<()> {
+        let mut file = File::create(&temporary)?;
+        file.write_all(format!("{}\n", hex(digest)).as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, &path)?;
+        File::open(data)?.sync_all()
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Finishes or forgets a commit that was interrupted. The caller holds the data directory.
+pub fn recover(places: &Places, image: &Image) -> anyhow::Result<()> {
+    let journal = places.data.join(JOURNAL);
+    match fs::read_to_string(&journal) {
+        Ok(text) => {
+            let digest = text.trim();
+            let landed = image
+                .layer_entries()
+                .iter()
+                .any(|l| hex(&l.digest) == digest)
+                || managed_digests(&places.data)?
+                    .iter()
+                    .any(|d| hex(d) == digest);
+            if landed {
+                empty_upper(places)?;
+            } else {
+                fs::remove_file(&journal)
+                    .with_context(|| format!("cannot remove {}", journal.display()))?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", journal.display())),
+    }
+    let committed = places.data.join(COMMITTED);
+    if fs::symlink_metadata(&committed).is_ok() {
+        fs::remove_dir_all(&committed)
+            .with_context(|| format!("cannot remove {}", committed.display()))?;
+    }
+    // Temporaries of managed layers whose commit was killed.
+    if let Ok(entries) = fs::read_dir(layer_stack::managed_dir(&places.data)) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(MANAGED_TEMP)
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn managed_digests(data: &Path) -> anyhow::Result<Vec<[u8; 32]>> {
+    let dir = layer_stack::managed_dir(data);
+    let mut digests = Vec::new();
+    for path in layer_stack::layer_files(&dir, true)? {
+        let (file, _) = layer_stack::LayerFile::open(&path, layer_stack::Origin::Managed)?;
+        digests.push(file.digest);
+    }
+    Ok(digests)
+}
+
+/// Replaces the committed upper directory by an empty one, then forgets the journal.
+/// Each step can be repeated after a crash.
+fn empty_upper(places: &Places) -> anyhow::Result<()> {
+    let committed = places.data.join(COMMITTED);
+    let upper = &places.upper;
+    let meta = fs::metadata(upper).ok();
+    if fs::symlink_metadata(&committed).is_err() && meta.is_some() {
+        fs::rename(upper, &committed)
+            .with_context(|| format!("cannot move {} aside", upper.display()))?;
+        crash_point("moved");
+    }
+    if fs::symlink_metadata(upper).is_err() {
+        DirBuilder::new()
+            .mode(0o755)
+            .create(upper)
+            .with_context(|| format!("cannot create {}", upper.display()))?;
+    }
+    // An empty upper directory holds no markers of any format.
+    for name in [markers::RECORD, JOURNAL] {
+        let path = places.data.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+    sync_dir(&places.data);
+    fs::remove_dir_all(&committed).with_context(|| format!("cannot remove {}", committed.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn is_empty(dir: &Path) -> anyhow::Result<bool> {
+    Ok(fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .next()
+        .is_none())
+}
+
+/// Files of the upper directory that equal the file at the same path in the layers in
+/// content and metadata (copied up, then left or put back as they were): the lower
+/// layers already hold them, so the new layer need not. Not below a replaced directory
+/// (which hides the lower one), and not hard links (the link must be kept).
+fn unchanged_copies(upper: &Path, stack: &Stack) -> anyhow::Result<Vec<(u64, u64)>> {
+    let owner_matters = nix::unistd::geteuid().is_root();
+    let lower = StackLower(stack);
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = upper.join(&relative);
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let path = relative.join(entry.file_name());
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                if !markers::is_opaque(&upper.join(&path)) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            if !meta.is_file() || meta.nlink() > 1 {
+                continue;
+            }
+            let Some(below) = lower.resolve(&path)? else {
+                continue;
+            };
+            let i = below.inode;
+            let same_meta = i.mode == meta.mode()
+                && i.size == meta.len()
+                && i.mtime_sec == meta.mtime()
+                && i64::from(i.mtime_nsec) == meta.mtime_nsec()
+                && (!owner_matters || (i.uid == meta.uid() && i.gid == meta.gid()))
+                && user_xattrs(&upper.join(&path))? == stack.layers()[below.layer].xattrs(&i)?;
+            if same_meta && same_content(&upper.join(&path), stack, &below)? {
+                found.push((meta.dev(), meta.ino()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The xattrs of an upper file that are the user's, not an overlay's bookkeeping (which
+/// the layer builder drops too), sorted by name as a layer stores them.
+fn user_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut found = Vec::new();
+    for name in xattr::list(path)? {
+        let bytes = name.as_bytes();
+        if [
+            &b"trusted.overlay."[..],
+            b"user.overlay.",
+            b"user.fuseoverlayfs.",
+        ]
+        .iter()
+        .any(|p| bytes.starts_with(p))
+        {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &name)? {
+            found.push((bytes.to_vec(), value));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn same_content(path: &Path, stack: &Stack, below: &fim_layers::Entry) -> anyhow::Result<bool> {
+    let layer = &stack.layers()[below.layer];
+    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut ours = vec![0u8; 1 << 20];
+    let mut theirs = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut file, &mut ours)?;
+        if n == 0 {
+            return Ok(offset == below.inode.size);
+        }
+        let m = layer.read(&below.inode, offset, &mut theirs[..n])?;
+        if m != n || ours[..n] != theirs[..n] {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}

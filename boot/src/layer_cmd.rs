@@ -1,0 +1,210 @@
+//! `fim-layer`: commit the upper directory as a layer, create a layer file from a
+//! directory, add one to the image, list the stack, extract one layer.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use fim_image::{ChangeLock, Image, ImageWriter};
+use fim_layers::{BlockCache, BuildOptions, Layer, NoProgress, Stack, build_layer, extract, hex};
+
+use crate::commit::{self, Target};
+use crate::layer_stack::{self, LayerFile, Origin};
+use crate::places::Places;
+
+const USAGE: &str = "usage: fim-layer commit [--to image|layer|file PATH] | fim-layer create DIR OUT | fim-layer add FILE | fim-layer list | fim-layer extract N DIR";
+
+pub fn run(image_path: &Path, args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let verb = args.first().and_then(|a| a.to_str());
+    let rest = args.get(1..).unwrap_or_default();
+    let places = || Places::prepare(image_path, nix::unistd::getuid().as_raw());
+    match (verb, rest) {
+        (Some("commit"), rest) => {
+            let target = commit_target(rest)?;
+            println!("{}", commit::commit(&places()?, &target)?);
+        }
+        (Some("create"), [dir, out]) => println!("{}", create(Path::new(dir), Path::new(out))?),
+        (Some("add"), [file]) => println!("{}", add(&places()?, Path::new(file))?),
+        (Some("list"), []) => list(image_path, &places()?)?,
+        (Some("extract"), [index, dir]) => {
+            let index = index
+                .to_str()
+                .and_then(|i| i.parse::<usize>().ok())
+                .with_context(|| {
+                    format!("fim-layer extract: {index:?} is not a layer index; see fim-layer list")
+                })?;
+            extract_one(image_path, &places()?, index, Path::new(dir))?;
+        }
+        _ => bail!("{USAGE}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn commit_target(args: &[OsString]) -> anyhow::Result<Target> {
+    let words: Vec<Option<&str>> = args.iter().map(|a| a.to_str()).collect();
+    match (words.as_slice(), args) {
+        ([], _) | ([Some("--to"), Some("image")], _) => Ok(Target::Image),
+        ([Some("--to"), Some("layer")], _) => Ok(Target::Managed),
+        ([Some("--to"), Some("file")], [_, _]) => bail!("fim-layer commit --to file needs a PATH"),
+        ([Some("--to"), Some("file"), _], [_, _, path]) => Ok(Target::File(PathBuf::from(path))),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// A layer file from a directory, taken literally; written whole or not at all.
+fn create(dir: &Path, out: &Path) -> anyhow::Result<String> {
+    if !dir.is_dir() {
+        bail!("fim-layer create: {} is not a directory", dir.display());
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".fim-layer-")
+        .tempfile_in(parent)
+        .with_context(|| format!("cannot create a file in {}", parent.display()))?;
+    let mut options = BuildOptions::default();
+    // Never pack the output into itself.
+    if let Ok(meta) = temp.as_file().metadata() {
+        use std::os::unix::fs::MetadataExt;
+        options.exclude.push((meta.dev(), meta.ino()));
+    }
+    let stats = build_layer(dir, temp.as_file(), 0, &options, &NoProgress)?;
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+    temp.persist(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    Ok(format!(
+        "created {}: {} entries, {} bytes, digest {}",
+        out.display(),
+        stats.entries,
+        stats.layer_size,
+        hex(&stats.digest)
+    ))
+}
+
+/// Appends a layer file to the image after checking every byte of it.
+fn add(places: &Places, file: &Path) -> anyhow::Result<String> {
+    let (layer_file, layer) = LayerFile::open(file, Origin::Environment)?;
+    layer
+        .verify()
+        .with_context(|| format!("{} is not a valid layer", file.display()))?;
+    let change = ChangeLock::acquire(&places.image)?;
+    let _running = commit::refuse_if_running(places)?;
+    let image = Image::from_file(change.file(), &places.image)?;
+    let mut writer = ImageWriter::extend(&image)?;
+    writer.add_layer_bytes(&layer_file.map, layer_file.digest)?;
+    writer.finish()?;
+    Ok(format!(
+        "added {} to {} as layer {}",
+        file.display(),
+        places.image.display(),
+        image.layer_entries().len()
+    ))
+}
+
+/// One row per layer of the stack, bottom first.
+fn list(image_path: &Path, places: &Places) -> anyhow::Result<()> {
+    let image = Image::open(image_path)?;
+    let cache = BlockCache::new(1 << 20);
+    println!("INDEX  ORIGIN      SIZE         ENTRIES  DIGEST            SOURCE");
+    let mut index = 0;
+    for (i, entry) in image.layer_entries().iter().enumerate() {
+        let layer = image.layer(i, cache.clone())?;
+        row(
+            index,
+            Origin::Embedded,
+            entry.size,
+            layer.inode_count(),
+            &entry.digest,
+            image_path,
+        );
+        index += 1;
+    }
+    for extra in layer_stack::extra_layers(&places.data)? {
+        row(
+            index,
+            extra.origin,
+            extra.map.len() as u64,
+            extra.entries,
+            &extra.digest,
+            &extra.path,
+        );
+        index += 1;
+    }
+    Ok(())
+}
+
+fn row(index: usize, origin: Origin, size: u64, entries: u32, digest: &[u8; 32], source: &Path) {
+    let digest = hex(digest);
+    println!(
+        "{index:<6} {:<11} {size:<12} {entries:<8} {}  {}",
+        origin.to_string(),
+        &digest[..16],
+        source.display()
+    );
+}
+
+/// Extracts layer `index` of the stack as stored: its own entries, deletions as OCI
+/// `.wh.` markers.
+fn extract_one(image_path: &Path, places: &Places, index: usize, dir: &Path) -> anyhow::Result<()> {
+    let image = Image::open(image_path)?;
+    let cache = BlockCache::new(64 << 20);
+    let embedded = image.layer_entries().len();
+    let layer = if index < embedded {
+        image.layer(index, cache)?
+    } else {
+        let extras = layer_stack::extra_layers(&places.data)?;
+        let extra = extras.get(index - embedded).with_context(|| {
+            format!(
+                "fim-layer extract: there is no layer {index} (the stack has {}); see fim-layer list",
+                embedded + extras.len()
+            )
+        })?;
+        Layer::open(extra.map.clone(), 0, extra.map.len() as u64, cache)?
+    };
+    let report = extract(&Stack::new(vec![layer])?, dir, true)?;
+    println!(
+        "extracted layer {index} to {}: {} entries, {} bytes",
+        dir.display(),
+        report.entries,
+        report.bytes
+    );
+    for warning in report.warnings {
+        eprintln!("fim: {warning}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(args: &[&str]) -> Option<Target> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        commit_target(&args).ok()
+    }
+
+    #[test]
+    fn commit_targets_parse_and_refuse_the_rest() {
+        assert_eq!(target(&[]), Some(Target::Image));
+        assert_eq!(target(&["--to", "image"]), Some(Target::Image));
+        assert_eq!(target(&["--to", "layer"]), Some(Target::Managed));
+        assert_eq!(
+            target(&["--to", "file", "a b.layer"]),
+            Some(Target::File("a b.layer".into()))
+        );
+        for bad in [
+            &["--to"][..],
+            &["--to", "file"],
+            &["--to", "disk"],
+            &["image"],
+            &["--to", "layer", "extra"],
+        ] {
+            assert_eq!(target(bad), None, "{bad:?}");
+        }
+    }
+}
