@@ -15,6 +15,7 @@ use crate::debug::{self, Step};
 use crate::help;
 use crate::layer_cmd;
 use crate::run::{self, Launch};
+use crate::tools;
 
 /// FlatImage commands that later versions of this launcher implement.
 const PLANNED: &[&str] = &[
@@ -197,7 +198,15 @@ fn version(args: &[OsString]) -> anyhow::Result<ExitCode> {
             println!("layer format {}", fim_layers::format::LAYER_VERSION);
             println!("reserved layout {}", fim_reserved::LAYOUT_VERSION);
         }
-        Some("deps") => println!("embedded tools: none"),
+        Some("deps") => {
+            let lines = tools::describe(&self_image()?)?;
+            if lines.is_empty() {
+                println!("embedded tools: none (the host's bwrap is used)");
+            }
+            for line in lines {
+                println!("{line}");
+            }
+        }
         Some(other) => {
             bail!("fim-version: unknown argument '{other}' (expected short, full or deps)")
         }

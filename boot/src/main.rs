@@ -18,6 +18,7 @@ mod sandbox;
 mod session;
 mod shim;
 mod supervise;
+mod tools;
 
 use std::process::ExitCode;
 

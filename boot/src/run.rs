@@ -19,7 +19,7 @@ use crate::environment::{RunFacts, sandbox_env};
 use crate::places::Places;
 use crate::sandbox::{SYSTEM_DIRS, Sandbox};
 use crate::supervise::{self, Outcome};
-use crate::{layer_stack, namespaces, session, shim};
+use crate::{layer_stack, namespaces, session, shim, tools};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -52,7 +52,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?;
     }
-    let bwrap = find_bwrap()?;
+    let bwrap = tools::bwrap(&image)?;
+    debug::log(format!(
+        "bwrap: {} ({:?})",
+        bwrap.path.display(),
+        bwrap.origin
+    ));
 
     let root_dir = File::open(&places.root)
         .with_context(|| format!("cannot open {}", places.root.display()))?;
@@ -115,7 +120,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     debug::log(format!("bwrap {}", shown(&args)));
     let sandbox_step = Step::new("run the sandbox");
     let outcome = supervise::run(
-        &bwrap,
+        &bwrap.path,
         &args,
         &env,
         (status_read, status_write),
@@ -146,18 +151,6 @@ fn mark_running(places: &Places, image: Image) -> anyhow::Result<(Flock<File>, I
         }
         Err((_, e)) => Err(e).context("cannot lock the data directory"),
     }
-}
-
-/// `FIM_BWRAP`, else `bwrap` from `PATH`.
-fn find_bwrap() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("FIM_BWRAP").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bwrap"))
-        .find(|p| p.is_file())
-        .context("bubblewrap is not installed (no bwrap in PATH): install the bubblewrap package, or set FIM_BWRAP")
 }
 
 /// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).

@@ -43,6 +43,16 @@ pub fn elf_end(bytes: &[u8]) -> Result<u64> {
     Ok(end)
 }
 
+/// Whether `bytes` is an x86_64 executable that needs no dynamic loader or library: one
+/// that runs on any host, as an embedded tool must.
+pub fn is_static_executable(bytes: &[u8]) -> Result<bool> {
+    let elf = goblin::elf::Elf::parse(bytes).map_err(|e| ImageError::Launcher(e.to_string()))?;
+    if !elf.is_64 || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+        return Err(ImageError::Launcher("not an x86_64 ELF".into()));
+    }
+    Ok(elf.interpreter.is_none() && elf.dynamic.is_none())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

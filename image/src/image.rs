@@ -9,7 +9,9 @@ use fim_reserved::Reserved;
 use memmap2::Mmap;
 
 use crate::error::{ImageError, Result};
-use crate::trailer::{ALIGN, FOOTER_SIZE, Footer, LAYER_ENTRY_SIZE, LayerEntry};
+use crate::trailer::{
+    ALIGN, FOOTER_SIZE, Footer, LAYER_ENTRY_SIZE, LayerEntry, TableEntry, ToolEntry,
+};
 
 /// An opened image. The map stays valid even if the file is replaced on disk: mutations
 /// write a new file and rename it over, so a running instance never sees torn bytes.
@@ -18,6 +20,7 @@ pub struct Image {
     map: Arc<Mmap>,
     footer: Footer,
     layers: Vec<LayerEntry>,
+    tools: Vec<ToolEntry>,
     reserved: Reserved,
 }
 
@@ -66,9 +69,9 @@ impl Image {
                 footer.table_checksum
             )));
         }
-        let layers = table
+        let entries = table
             .chunks_exact(LAYER_ENTRY_SIZE)
-            .map(LayerEntry::decode)
+            .map(TableEntry::decode)
             .collect::<Result<Vec<_>>>()?;
         let reserved_end = footer
             .reserved_offset
@@ -76,14 +79,27 @@ impl Image {
             .filter(|&end| end <= footer.table_offset)
             .ok_or_else(|| ImageError::corrupt("reserved block extends past the layer table"))?;
         let mut expected_start = reserved_end.next_multiple_of(ALIGN);
-        for (index, l) in layers.iter().enumerate() {
-            let end = l.offset.checked_add(l.size);
-            if l.offset < expected_start || l.offset % ALIGN != 0 || end.is_none() {
+        for (index, e) in entries.iter().enumerate() {
+            let end = e.offset().checked_add(e.size());
+            if e.offset() < expected_start || e.offset() % ALIGN != 0 || end.is_none() {
                 return Err(ImageError::corrupt(format!(
-                    "layer {index} is misplaced in the layer table"
+                    "entry {index} is misplaced in the layer table"
                 )));
             }
             expected_start = end.unwrap_or(u64::MAX);
+        }
+        let (mut layers, mut tools) = (Vec::new(), Vec::new());
+        for entry in entries {
+            match entry {
+                TableEntry::Layer(l) => layers.push(l),
+                TableEntry::Tool(t) if tools.iter().any(|o: &ToolEntry| o.name == t.name) => {
+                    return Err(ImageError::corrupt(format!(
+                        "the tool {} is embedded twice",
+                        t.name
+                    )));
+                }
+                TableEntry::Tool(t) => tools.push(t),
+            }
         }
         if expected_start > footer.table_offset {
             return Err(ImageError::corrupt("layers overlap the layer table"));
@@ -95,6 +111,7 @@ impl Image {
             map,
             footer,
             layers,
+            tools,
             reserved,
         })
     }
@@ -108,6 +125,24 @@ impl Image {
     pub fn layer_entries(&self) -> &[LayerEntry] {
         &self.layers
     }
+    pub fn tool_entries(&self) -> &[ToolEntry] {
+        &self.tools
+    }
+
+    /// The bytes of the embedded tool `name`, checked against its digest.
+    pub fn tool(&self, name: &str) -> Result<Option<&[u8]>> {
+        let Some(t) = self.tools.iter().find(|t| t.name == name) else {
+            return Ok(None);
+        };
+        let bytes = &self.map[t.offset as usize..(t.offset + t.size) as usize];
+        if *blake3::hash(bytes).as_bytes() != t.digest {
+            return Err(ImageError::corrupt(format!(
+                "the embedded {name} does not match its digest"
+            )));
+        }
+        Ok(Some(bytes))
+    }
+
     pub fn reserved(&self) -> &Reserved {
         &self.reserved
     }
@@ -174,6 +209,15 @@ impl Image {
             "padding after the launcher",
         )?;
         let mut pos = reserved_end;
+        for t in &self.tools {
+            self.check_zero(
+                pos,
+                t.offset,
+                &format!("padding before the tool {}", t.name),
+            )?;
+            self.tool(&t.name)?;
+            pos = t.offset + t.size;
+        }
         for (index, e) in self.layers.iter().enumerate() {
             self.check_zero(pos, e.offset, &format!("padding before layer {index}"))?;
             let layer = self.layer(index, BlockCache::new(64 << 20))?;

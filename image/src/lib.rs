@@ -11,7 +11,9 @@ pub mod write;
 pub use elf::elf_end;
 pub use error::{ImageError, Result};
 pub use image::Image;
-pub use trailer::{ALIGN, FOOTER_SIZE, Footer, IMAGE_VERSION, LAYER_ENTRY_SIZE, LayerEntry};
+pub use trailer::{
+    ALIGN, FOOTER_SIZE, Footer, IMAGE_VERSION, LAYER_ENTRY_SIZE, LayerEntry, TableEntry, ToolEntry,
+};
 pub use write::{ChangeLock, ImageWriter, SealedImage, Updated, read_launcher, update_reserved};
 
 #[cfg(test)]

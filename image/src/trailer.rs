@@ -5,8 +5,13 @@ use crate::error::ImageError;
 
 /// Magic of the footer, the last bytes of every image.
 pub const FOOTER_MAGIC: [u8; 8] = *b"FIMIMAGE";
-/// Image format version this crate reads and writes.
-pub const IMAGE_VERSION: u32 = 1;
+/// Image format version this crate writes. Version 2 added embedded tools (table entries
+/// of kind 1); version 1 files, which hold layers only, are still read.
+pub const IMAGE_VERSION: u32 = 2;
+/// Oldest image format version this crate reads.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
+/// Longest name of an embedded tool (the rest of a table entry).
+pub const TOOL_NAME_MAX: usize = 15;
 /// Size of the footer at the very end of the file.
 pub const FOOTER_SIZE: usize = 64;
 /// Size of one layer-table entry.
@@ -26,6 +31,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// The fixed footer: the entry point of a reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footer {
+    /// Entries of the table: layers and embedded tools.
     pub layer_count: u32,
     /// Bytes of the launcher ELF (its computed end, before padding).
     pub launcher_size: u64,
@@ -71,9 +77,9 @@ impl Footer {
             )));
         }
         let version = u32_at(b, 8);
-        if version != IMAGE_VERSION {
+        if !(OLDEST_READABLE_VERSION..=IMAGE_VERSION).contains(&version) {
             return Err(ImageError::corrupt(format!(
-                "unsupported image version {version} (this build reads {IMAGE_VERSION})"
+                "unsupported image version {version} (this build reads {OLDEST_READABLE_VERSION} to {IMAGE_VERSION})"
             )));
         }
         let f = Footer {
@@ -111,27 +117,99 @@ pub struct LayerEntry {
     pub digest: [u8; 32],
 }
 
-impl LayerEntry {
+/// A program carried by the image (a static bwrap), stored as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolEntry {
+    pub offset: u64,
+    pub size: u64,
+    /// BLAKE3 of the program's bytes.
+    pub digest: [u8; 32],
+    /// At most [`TOOL_NAME_MAX`] bytes of `[a-z0-9._-]`.
+    pub name: String,
+}
+
+/// One entry of the table: byte 48 tells its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableEntry {
+    /// Kind 0; bytes 49..64 are zero.
+    Layer(LayerEntry),
+    /// Kind 1; bytes 49..64 hold the name, zero-padded.
+    Tool(ToolEntry),
+}
+
+/// Whether `name` can name an embedded tool.
+pub fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOOL_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+impl TableEntry {
+    pub fn offset(&self) -> u64 {
+        match self {
+            TableEntry::Layer(l) => l.offset,
+            TableEntry::Tool(t) => t.offset,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            TableEntry::Layer(l) => l.size,
+            TableEntry::Tool(t) => t.size,
+        }
+    }
+
     pub fn encode(&self) -> [u8; LAYER_ENTRY_SIZE] {
         let mut b = [0u8; LAYER_ENTRY_SIZE];
-        b[0..8].copy_from_slice(&self.offset.to_le_bytes());
-        b[8..16].copy_from_slice(&self.size.to_le_bytes());
-        b[16..48].copy_from_slice(&self.digest);
+        let (offset, size, digest) = match self {
+            TableEntry::Layer(l) => (l.offset, l.size, l.digest),
+            TableEntry::Tool(t) => {
+                b[48] = 1;
+                let name = t.name.as_bytes();
+                let n = name.len().min(TOOL_NAME_MAX);
+                b[49..49 + n].copy_from_slice(&name[..n]);
+                (t.offset, t.size, t.digest)
+            }
+        };
+        b[0..8].copy_from_slice(&offset.to_le_bytes());
+        b[8..16].copy_from_slice(&size.to_le_bytes());
+        b[16..48].copy_from_slice(&digest);
         b
     }
+
     pub fn decode(b: &[u8]) -> Result<Self, ImageError> {
-        if b[48..64].iter().any(|&x| x != 0) {
-            return Err(ImageError::corrupt(
-                "layer table entry has non-zero padding",
-            ));
-        }
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&b[16..48]);
-        Ok(LayerEntry {
-            offset: u64_at(b, 0),
-            size: u64_at(b, 8),
-            digest,
-        })
+        let (offset, size) = (u64_at(b, 0), u64_at(b, 8));
+        match b[48] {
+            0 if b[49..64].iter().all(|&x| x == 0) => Ok(TableEntry::Layer(LayerEntry {
+                offset,
+                size,
+                digest,
+            })),
+            0 => Err(ImageError::corrupt(
+                "layer table entry has non-zero padding",
+            )),
+            1 => {
+                let raw = &b[49..64];
+                let len = raw.iter().position(|&x| x == 0).unwrap_or(raw.len());
+                let name = std::str::from_utf8(&raw[..len])
+                    .ok()
+                    .filter(|n| valid_tool_name(n) && raw[len..].iter().all(|&x| x == 0))
+                    .ok_or_else(|| ImageError::corrupt("tool entry has an invalid name"))?;
+                Ok(TableEntry::Tool(ToolEntry {
+                    offset,
+                    size,
+                    digest,
+                    name: name.to_string(),
+                }))
+            }
+            kind => Err(ImageError::corrupt(format!(
+                "table entry of unknown kind {kind}"
+            ))),
+        }
     }
 }
 
@@ -150,6 +228,42 @@ mod tests {
         }
     }
     const LEN: u64 = 10_000 + 2 * 64 + 64;
+
+    #[test]
+    fn table_entries_round_trip_by_kind() {
+        let layer = TableEntry::Layer(LayerEntry {
+            offset: 4096,
+            size: 10,
+            digest: [7; 32],
+        });
+        let tool = TableEntry::Tool(ToolEntry {
+            offset: 8192,
+            size: 20,
+            digest: [9; 32],
+            name: "bwrap".into(),
+        });
+        for entry in [layer, tool] {
+            assert_eq!(TableEntry::decode(&entry.encode()).unwrap(), entry);
+        }
+    }
+
+    #[test]
+    fn table_entries_refuse_unknown_kinds_and_bad_names() {
+        let mut b = [0u8; LAYER_ENTRY_SIZE];
+        b[48] = 2;
+        assert!(TableEntry::decode(&b).is_err(), "kind 2");
+        b[48] = 0;
+        b[60] = 1;
+        assert!(TableEntry::decode(&b).is_err(), "layer padding");
+        for name in [&b""[..], b"Bwrap", b"a b", b"bw\0rap"] {
+            let mut b = [0u8; LAYER_ENTRY_SIZE];
+            b[48] = 1;
+            b[49..49 + name.len()].copy_from_slice(name);
+            assert!(TableEntry::decode(&b).is_err(), "{name:?}");
+        }
+        assert!(!valid_tool_name("sixteen-letters!"));
+        assert!(valid_tool_name("fuse-overlayfs"));
+    }
 
     #[test]
     fn footer_round_trips() {
@@ -195,18 +309,5 @@ mod tests {
         f.launcher_size = u64::MAX;
         f.reserved_offset = 0;
         assert!(Footer::decode(&f.encode(), LEN).is_err());
-    }
-
-    #[test]
-    fn layer_entry_round_trips_and_rejects_padding() {
-        let e = LayerEntry {
-            offset: 1 << 33,
-            size: 77,
-            digest: [3; 32],
-        };
-        let mut b = e.encode();
-        assert_eq!(LayerEntry::decode(&b).unwrap(), e);
-        b[63] = 1;
-        assert!(LayerEntry::decode(&b).is_err());
     }
 }

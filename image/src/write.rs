@@ -14,7 +14,7 @@ use fim_reserved::Reserved;
 use crate::elf::elf_end;
 use crate::error::{ImageError, Result};
 use crate::image::Image;
-use crate::trailer::{ALIGN, Footer, LayerEntry};
+use crate::trailer::{ALIGN, Footer, LayerEntry, TableEntry, ToolEntry};
 
 /// Prefix of the temporary files a config change writes next to the image; stale ones
 /// are removed under the change lock.
@@ -36,6 +36,8 @@ pub struct ImageWriter {
     tmp: tempfile::NamedTempFile,
     footer: Footer,
     layers: Vec<LayerEntry>,
+    /// Embedded tools, which come before the layers.
+    tools: Vec<ToolEntry>,
     pos: u64,
     /// Mode and owner of the written image: 0755 and the writer for a new image, those of
     /// the old one when an image is extended.
@@ -102,6 +104,7 @@ impl ImageWriter {
                 table_checksum: 0,
             },
             layers: Vec::new(),
+            tools: Vec::new(),
             pos,
             mode: 0o755,
             owner: None,
@@ -130,27 +133,56 @@ impl ImageWriter {
             tmp,
             footer,
             layers: image.layer_entries().to_vec(),
+            tools: image.tool_entries().to_vec(),
             pos: end,
             mode: meta.mode() & 0o7777,
             owner: Some((meta.uid(), meta.gid())),
         })
     }
 
-    /// Appends a layer already built and verified (a layer file's bytes).
-    pub fn add_layer_bytes(&mut self, layer: &[u8], digest: [u8; 32]) -> Result<()> {
+    /// Embeds the program `name` (stored as is); all tools come before the first layer.
+    pub fn add_tool(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        if !crate::trailer::valid_tool_name(name) {
+            return Err(ImageError::corrupt(format!(
+                "{name:?} cannot name an embedded tool (1-15 of a-z 0-9 . _ -)"
+            )));
+        }
+        if !self.layers.is_empty() || self.tools.iter().any(|t| t.name == name) {
+            return Err(ImageError::corrupt(format!(
+                "the tool {name} must be embedded once, before the layers"
+            )));
+        }
+        let offset = self.append(bytes)?;
+        self.tools.push(ToolEntry {
+            offset,
+            size: bytes.len() as u64,
+            digest: *blake3::hash(bytes).as_bytes(),
+            name: name.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Writes `bytes` at the next aligned offset (zeros before it); returns that offset.
+    fn append(&mut self, bytes: &[u8]) -> Result<u64> {
         let start = self.pos.next_multiple_of(ALIGN);
         let path = self.tmp.path().to_owned();
         zeros(self.tmp.as_file(), self.pos, start, &path)?;
         self.tmp
             .as_file()
-            .write_all_at(layer, start)
+            .write_all_at(bytes, start)
             .map_err(|e| ImageError::io(&path, e))?;
+        self.pos = start + bytes.len() as u64;
+        Ok(start)
+    }
+
+    /// Appends a layer already built and verified (a layer file's bytes).
+    pub fn add_layer_bytes(&mut self, layer: &[u8], digest: [u8; 32]) -> Result<()> {
+        let offset = self.append(layer)?;
         self.layers.push(LayerEntry {
-            offset: start,
+            offset,
             size: layer.len() as u64,
             digest,
         });
-        self.pos = start + layer.len() as u64;
         Ok(())
     }
 
@@ -195,11 +227,17 @@ impl ImageWriter {
         }
         let path = self.tmp.path().to_owned();
         let mut table = Vec::new();
-        for l in &self.layers {
-            table.extend_from_slice(&l.encode());
+        let entries = self
+            .tools
+            .iter()
+            .cloned()
+            .map(TableEntry::Tool)
+            .chain(self.layers.iter().copied().map(TableEntry::Layer));
+        for entry in entries {
+            table.extend_from_slice(&entry.encode());
         }
-        self.footer.layer_count =
-            u32::try_from(self.layers.len()).map_err(|_| ImageError::corrupt("too many layers"))?;
+        self.footer.layer_count = u32::try_from(self.layers.len() + self.tools.len())
+            .map_err(|_| ImageError::corrupt("too many layers"))?;
         self.footer.table_offset = self.pos;
         self.footer.table_checksum = xxhash_rust::xxh3::xxh3_64(&table);
         let file = self.tmp.as_file_mut();

@@ -36,6 +36,13 @@ pub struct BuildArgs {
     /// Launcher ELF to put at the head of the image (default: the fim-boot next to fim).
     #[arg(long, value_name = "FILE")]
     launcher: Option<PathBuf>,
+    /// Static bwrap to embed, so the host needs none (default: the bwrap next to fim,
+    /// from tools/build-bwrap).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_embed_tools")]
+    bwrap: Option<PathBuf>,
+    /// Embed no tools: the image then uses the host's bwrap.
+    #[arg(long)]
+    no_embed_tools: bool,
     /// The command the image runs by default, with its arguments. Must come last.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROG ARGS")]
     boot: Option<Vec<String>>,
@@ -68,16 +75,46 @@ fn parse_size(text: &str) -> Result<u32, String> {
     Ok(size as u32)
 }
 
-fn default_launcher() -> anyhow::Result<PathBuf> {
+/// `name` next to the fim executable (where tools/build puts the launcher and bwrap).
+fn beside_fim(name: &str, hint: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the fim executable")?;
-    let candidate = exe.with_file_name("fim-boot");
+    let candidate = exe.with_file_name(name);
     if !candidate.is_file() {
-        bail!(
-            "no launcher: {} does not exist; pass --launcher FILE (tools/build puts one in dist/)",
-            candidate.display()
-        );
+        bail!("no {name}: {} does not exist; {hint}", candidate.display());
     }
     Ok(candidate)
+}
+
+fn default_launcher() -> anyhow::Result<PathBuf> {
+    beside_fim(
+        "fim-boot",
+        "pass --launcher FILE (tools/build puts one in dist/)",
+    )
+}
+
+/// The static bwrap to embed: `--bwrap`, else the one beside fim; it must be a static
+/// ELF, since it runs on hosts whose libraries are unknown.
+fn bwrap_to_embed(args: &BuildArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    if args.no_embed_tools {
+        return Ok(None);
+    }
+    let path = match &args.bwrap {
+        Some(p) => p.clone(),
+        None => beside_fim(
+            "bwrap",
+            "build it with tools/build-bwrap, pass --bwrap FILE, or --no-embed-tools",
+        )?,
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let is_static = fim_image::elf::is_static_executable(&bytes)
+        .with_context(|| format!("{} is not an x86_64 executable", path.display()))?;
+    if !is_static {
+        bail!(
+            "{} is dynamically linked; an embedded bwrap must be static (tools/build-bwrap makes one)",
+            path.display()
+        );
+    }
+    Ok(Some(bytes))
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
@@ -124,8 +161,12 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         exclude: Vec::new(),
     };
 
+    let bwrap = bwrap_to_embed(&args)?;
     let mut writer = ImageWriter::create(&args.output, &launcher, &reserved)
         .with_context(|| format!("creating {}", args.output.display()))?;
+    if let Some(bytes) = &bwrap {
+        writer.add_tool("bwrap", bytes)?;
+    }
     let mut total_in = 0u64;
     for (index, input) in args.rootfs.iter().enumerate() {
         let staged = stage(input, &args.output)?;

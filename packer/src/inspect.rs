@@ -16,8 +16,18 @@ struct Report {
     format_version: u32,
     launcher: Part,
     reserved: ReservedPart,
+    tools: Vec<ToolPart>,
     layers: Vec<LayerPart>,
     trailer: TrailerPart,
+}
+
+/// A program the image carries (a static bwrap).
+#[derive(Serialize)]
+struct ToolPart {
+    name: String,
+    offset: u64,
+    size: u64,
+    digest: String,
 }
 
 #[derive(Serialize)]
@@ -102,6 +112,16 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
             size: fim_reserved::BLOCK_SIZE as u64,
             fields: image.reserved().summary(),
         },
+        tools: image
+            .tool_entries()
+            .iter()
+            .map(|t| ToolPart {
+                name: t.name.clone(),
+                offset: t.offset,
+                size: t.size,
+                digest: hex(&t.digest),
+            })
+            .collect(),
         layers,
         trailer: TrailerPart {
             table_offset: f.table_offset,
@@ -134,6 +154,16 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
                 println!("  {key:<12} {value}");
             }
         }
+    }
+    for t in &report.tools {
+        println!(
+            "tool {:<5} offset {}, {} ({} bytes), blake3 {}",
+            t.name,
+            t.offset,
+            human(t.size),
+            t.size,
+            t.digest
+        );
     }
     for l in &report.layers {
         println!(

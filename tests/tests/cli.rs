@@ -253,7 +253,7 @@ fn image_commands_version_help_and_unknown() {
     assert_eq!(v.stdout.trim(), VERSION);
     let full = image_run(&image, &["fim-version", "full"]);
     full.assert_ok();
-    assert!(full.stdout.contains("image format 1"), "{}", full.stdout);
+    assert!(full.stdout.contains("image format 2"), "{}", full.stdout);
     let help = image_run(&image, &["fim-help"]);
     help.assert_ok();
     for cmd in ["fim-overlay", "fim-version", "fim-help"] {
@@ -334,7 +334,15 @@ fn inspect_describes_a_consistent_layout() {
             end = offset + len;
         }
         assert!(l.table_offset >= end);
-        assert_eq!(l.table_offset + 64 * l.layers.len() as u64, l.footer_offset);
+        // One table entry per layer, and one for the embedded bwrap.
+        let tools = fim_tests::image::inspect_json(img)["tools"]
+            .as_array()
+            .map_or(0, Vec::len) as u64;
+        assert_eq!(tools, 1, "the embedded bwrap");
+        assert_eq!(
+            l.table_offset + 64 * (l.layers.len() as u64 + tools),
+            l.footer_offset
+        );
         assert_eq!(l.footer_offset + 64, size);
         let text = fim([OsStr::new("inspect"), img.as_os_str()]);
         text.assert_ok();
