@@ -15,7 +15,9 @@ const TOPICS: &[(&str, &str, &str)] = &[
          exit 125.\n\
          \n\
          The app sees the image as /, writable: changes are kept in the data directory\n\
-         .<image name>.data/ beside the image (FIM_DIR_DATA overrides it). The image's\n\
+         .<image name>.data/ beside the image (FIM_DIR_DATA overrides it); when the image's\n\
+         directory is read-only, in $XDG_DATA_HOME/fim/<image name>-<hash of its path>/\n\
+         (~/.local/share/fim/... without XDG_DATA_HOME). The image's\n\
          system directories (/usr, /etc, /bin, /sbin, /lib*, /boot) are read-only here;\n\
          use fim-root to change them. /tmp is private, /dev and /proc are the sandbox's own,\n\
          the network is off unless the image has the network permission, and the host's\n\

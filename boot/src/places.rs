@@ -103,16 +103,62 @@ impl Places {
     }
 }
 
-/// `FIM_DIR_DATA`, else `.<name>.data` beside the image; created, then made canonical so
-/// every way of naming it leads to the same session.
+/// `FIM_DIR_DATA`, else `.<name>.data` beside the image, else (the image's directory is
+/// read-only) the per-user fallback; created, then made canonical so every way of naming
+/// it leads to the same session.
 fn data_dir(image: &Path) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os("FIM_DIR_DATA").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
-        None => default_data_dir(image)?,
+        None => {
+            let beside = default_data_dir(image)?;
+            if create_dir(&beside, 0o700).is_ok() && writable(&beside) {
+                beside
+            } else {
+                let fallback = fallback_data_dir(image)?;
+                crate::debug::log(format!(
+                    "{} cannot be written; keeping changes in {}",
+                    beside.display(),
+                    fallback.display()
+                ));
+                fallback
+            }
+        }
     };
     create_dir(&dir, 0o700)?;
     dir.canonicalize()
         .with_context(|| format!("cannot resolve the data directory {}", dir.display()))
+}
+
+/// Whether this user can create files in `dir` (a read-only mount says no).
+fn writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// `$XDG_DATA_HOME/fim/<name>-<hash of the image's path>` (`XDG_DATA_HOME` defaults to
+/// `~/.local/share`): where an image in a read-only place keeps its changes.
+pub fn fallback_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|h| h.is_absolute())
+                .with_context(|| {
+                    format!(
+                        "the directory of {} is read-only and neither XDG_DATA_HOME nor HOME is set: set FIM_DIR_DATA",
+                        image.display()
+                    )
+                })?;
+            home.join(".local/share")
+        }
+    };
+    let canonical = image.canonicalize().unwrap_or_else(|_| image.to_path_buf());
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let key = xxhash_rust::xxh3::xxh3_64(canonical.as_os_str().as_bytes());
+    Ok(base.join("fim").join(format!("{name}-{key:016x}")))
 }
 
 /// `<dir>/.<name>.data` for image `<dir>/<name>`.
@@ -203,6 +249,19 @@ fn session_key(data: &Path) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_fallback_data_dir_is_per_user_and_per_image_path() {
+        let a = fallback_data_dir(Path::new("/ro/one/app.flatimage")).unwrap();
+        let b = fallback_data_dir(Path::new("/ro/two/app.flatimage")).unwrap();
+        assert_ne!(a, b, "two images of one name keep apart");
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("app.flatimage-") && name.len() == 14 + 16,
+            "{name}"
+        );
+        assert_eq!(a.parent().unwrap().file_name().unwrap(), "fim");
+    }
 
     #[test]
     fn default_data_dir_is_hidden_beside_the_image() {

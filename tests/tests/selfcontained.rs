@@ -160,3 +160,114 @@ fn a_damaged_embedded_bwrap_is_refused() {
     let verify = fim_tests::fim(["verify".as_ref(), app.image.as_os_str()]);
     assert!(!verify.success(), "fim verify must fail");
 }
+
+/// Unmounts a test's mount when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount(args: &[&str], target: &Path) -> Option<Mounted> {
+    let ok = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| Mounted(target.to_path_buf()))
+}
+
+#[test]
+fn from_a_read_only_directory_changes_go_to_the_per_user_data_directory() {
+    if !fim_tests::is_root() {
+        skip("read-only directory: a read-only bind mount needs root");
+        return;
+    }
+    let Some(app) = App::new("read_only_dir", Who::Invoker) else {
+        return;
+    };
+    let ro = app.dir.path().join("ro");
+    std::fs::create_dir(&ro).expect("mkdir");
+    let image = ro.join("app.flatimage");
+    std::fs::copy(&app.image, &image).expect("copy");
+    let Some(_bind) = mount(&["--bind", &ro.to_string_lossy()], &ro) else {
+        skip("read-only directory: bind mounts are not possible here");
+        return;
+    };
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&ro)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !remounted {
+        skip("read-only directory: cannot remount read-only");
+        return;
+    }
+    let xdg = app.dir.path().join("xdg");
+    let run_in_ro = |script: &str| {
+        run(app
+            .program(&image, ["fim-exec", "sh", "-c", script])
+            .env("XDG_DATA_HOME", &xdg))
+    };
+    run_in_ro("echo kept > /data/x").assert_ok();
+    assert_eq!(run_in_ro("cat /data/x").stdout, "kept\n");
+    let kept: Vec<_> = std::fs::read_dir(xdg.join("fim"))
+        .expect("the fallback data directory")
+        .flatten()
+        .map(|e| e.path().join("upper/data/x"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "one fallback data directory holds the change"
+    );
+    assert!(!ro.join(".app.flatimage.data").exists());
+}
+
+#[test]
+fn a_user_runs_an_image_from_a_directory_it_cannot_write() {
+    let Some(app) = App::new("unwritable_dir", Who::User) else {
+        return;
+    };
+    // The app's directory belongs to the user; the image goes into one that does not.
+    let shared = app.dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::os::unix::fs::chown(&shared, Some(0), Some(0)).expect("chown");
+    let image = shared.join("app.flatimage");
+    std::fs::copy(&app.image, &image).expect("copy");
+    std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o555))
+        .expect("chmod");
+    let xdg = app.dir.path().join("xdg");
+    let out = run(app
+        .program(
+            &image,
+            ["fim-exec", "sh", "-c", "echo mine > /data/y; cat /data/y"],
+        )
+        .env("XDG_DATA_HOME", &xdg));
+    out.assert_ok();
+    assert_eq!(out.stdout, "mine\n");
+    assert!(xdg.join("fim").is_dir());
+}
+
+#[test]
+fn a_noexec_tmp_does_not_break_a_run() {
+    if !fim_tests::is_root() {
+        skip("noexec TMPDIR: mounting a tmpfs needs root");
+        return;
+    }
+    let Some(app) = App::new("noexec_tmp", Who::Invoker) else {
+        return;
+    };
+    let tmp = app.dir.path().join("noexec");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let Some(_tmpfs) = mount(&["-t", "tmpfs", "-o", "noexec,nosuid,nodev", "tmpfs"], &tmp) else {
+        skip("noexec TMPDIR: cannot mount a tmpfs here");
+        return;
+    };
+    let out = run(app.command(["fim-exec", "echo", "ok"]).env("TMPDIR", &tmp));
+    out.assert_ok();
+    assert_eq!(out.stdout, "ok\n");
+}
