@@ -27,6 +27,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, fork, setsid};
 
 use crate::debug;
+use crate::extracted;
 use crate::layer_stack::{self, LayerFile};
 use crate::namespaces;
 use crate::overlay::{self, Helper};
@@ -85,7 +86,7 @@ fn daemon_main(
 ) -> i32 {
     let _ = setsid();
     detach(&first);
-    match Daemon::set_up(stack, places, (uid, gid), wanted) {
+    match Daemon::set_up(stack, places, (uid, gid), identity, wanted) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
             remove_session_files(places);
@@ -118,9 +119,9 @@ struct Daemon<'a> {
     places: &'a Places,
     listener: UnixListener,
     signals: SignalFd,
-    /// Becomes readable (hang-up) when the FUSE server stops.
-    fuse_stopped: OwnedFd,
-    fuse: fuser::SessionUnmounter,
+    /// The FUSE server of the layers and what becomes readable (hang-up) when it stops;
+    /// none when the layers are served from the extraction cache.
+    fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
     /// Held for the daemon's life: one session per data directory.
     data_lock: Flock<File>,
     /// The backend asked for, and the one that mounted the view.
@@ -137,6 +138,7 @@ impl<'a> Daemon<'a> {
         layers: &Stack,
         places: &'a Places,
         (uid, gid): (u32, u32),
+        identity: &str,
         wanted: Overlay,
     ) -> anyhow::Result<Self> {
         let data_lock = Flock::lock(
@@ -169,8 +171,6 @@ impl<'a> Daemon<'a> {
         let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("cannot create a signalfd")?;
 
-        namespaces::create(uid, gid)?;
-
         let stack = {
             let _step = debug::Step::new("daemon: open the layers");
             layer_stack::open(
@@ -179,35 +179,38 @@ impl<'a> Daemon<'a> {
                 BlockCache::new(DEFAULT_CACHE_BYTES),
             )?
         };
-        let settings = MountSettings {
-            // The sandbox runs in a nested user namespace, not as the mounter.
-            allow_other: true,
-            threads: 0,
-            owner: (uid != 0).then_some((0, 0)),
+        // Without FUSE, the layers are extracted (as the user, before the namespaces) and
+        // the overlay sits on the extracted tree.
+        let extracted = match extracted::needed() {
+            Some(why) => {
+                extracted::refuse_fuse_backend(wanted, &why)?;
+                debug::log(format!(
+                    "daemon: {why}: serving the layers from the extraction cache"
+                ));
+                Some(extracted::tree(&stack, identity)?)
+            }
+            None => None,
         };
-        let mut session = {
-            let _step = debug::Step::new("daemon: mount the layers (FUSE)");
-            fuse_session(Arc::new(stack), &places.layers, &settings).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot mount the image's layers with FUSE: {e} (is /dev/fuse present and open to you?)"
-                )
-            })?
-        };
-        let mut fuse = session.unmount_callable();
-        let (fuse_stopped, stopped_writer) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-        std::thread::Builder::new()
-            .name("fuse".into())
-            .spawn(move || {
-                let _ = session.run();
-                drop(stopped_writer);
-            })
-            .context("cannot start the FUSE server")?;
 
-        let view = match overlay::mount_view(places, uid, wanted) {
+        namespaces::create(uid, gid)?;
+
+        let (lower, mut fuse) = match extracted {
+            Some(tree) => (tree, None),
+            None => {
+                let (unmounter, stopped) = serve_fuse(stack, places, uid)?;
+                (places.layers.clone(), Some((unmounter, stopped)))
+            }
+        };
+        let unmount_fuse = |fuse: &mut Option<(fuser::SessionUnmounter, OwnedFd)>| {
+            if let Some((unmounter, _)) = fuse {
+                let _ = unmounter.unmount();
+            }
+        };
+
+        let view = match overlay::mount_view(places, &lower, uid, wanted) {
             Ok(view) => view,
             Err(e) => {
-                let _ = fuse.unmount();
+                unmount_fuse(&mut fuse);
                 return Err(e);
             }
         };
@@ -221,7 +224,7 @@ impl<'a> Daemon<'a> {
                 if let Some(helper) = view.helper {
                     helper.stop();
                 }
-                let _ = fuse.unmount();
+                unmount_fuse(&mut fuse);
                 return Err(e)
                     .with_context(|| format!("cannot listen on {}", places.socket.display()));
             }
@@ -230,7 +233,6 @@ impl<'a> Daemon<'a> {
             places,
             listener,
             signals,
-            fuse_stopped,
             fuse,
             data_lock,
             wanted,
@@ -295,10 +297,9 @@ impl<'a> Daemon<'a> {
             let (listener_ready, signalled, fuse_gone, helper_gone, readable) = {
                 // Once the FUSE server or the backend stopped, their descriptors stay
                 // readable: watch them no more.
-                let fuse = if stopping {
-                    self.signals.as_fd()
-                } else {
-                    self.fuse_stopped.as_fd()
+                let fuse = match &self.fuse {
+                    Some((_, stopped)) if !stopping => stopped.as_fd(),
+                    _ => self.signals.as_fd(),
                 };
                 let helper = match &self.helper {
                     Some(helper) if !stopping => helper.exited(),
@@ -329,7 +330,7 @@ impl<'a> Daemon<'a> {
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    ready(&fds[2]),
+                    ready(&fds[2]) && self.fuse.is_some(),
                     ready(&fds[3]) && self.helper.is_some(),
                     readable,
                 )
@@ -416,13 +417,49 @@ impl<'a> Daemon<'a> {
             debug::log(format!("daemon: waiting for {} to exit", helper.name()));
             helper.stop();
         }
-        let _ = self.fuse.unmount();
+        if let Some((unmounter, _)) = &mut self.fuse {
+            let _ = unmounter.unmount();
+        }
         // The kernel overlay leaves its empty work directory with mode 000, which a
         // user's `rm -rf` of the data directory cannot get through; it is made anew.
         let _ = std::fs::remove_dir(self.places.data.join("work").join("work"));
         remove_session_files(self.places);
         drop(self.data_lock);
     }
+}
+
+/// Mounts the layers at `places.layers` with the in-process FUSE server, run on a thread
+/// of its own; returns its unmounter and a descriptor that hangs up when it stops.
+fn serve_fuse(
+    stack: fim_layers::Stack,
+    places: &Places,
+    uid: u32,
+) -> anyhow::Result<(fuser::SessionUnmounter, OwnedFd)> {
+    let settings = MountSettings {
+        // The sandbox runs in a nested user namespace, not as the mounter.
+        allow_other: true,
+        threads: 0,
+        owner: (uid != 0).then_some((0, 0)),
+    };
+    let mut session = {
+        let _step = debug::Step::new("daemon: mount the layers (FUSE)");
+        fuse_session(Arc::new(stack), &places.layers, &settings).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot mount the image's layers with FUSE: {e} (is /dev/fuse present and open to you?)"
+            )
+        })?
+    };
+    let unmounter = session.unmount_callable();
+    let (stopped, stopped_writer) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            let _ = session.run();
+            drop(stopped_writer);
+        })
+        .context("cannot start the FUSE server")?;
+    Ok((unmounter, stopped))
 }
 
 /// Removes the session's files, logging (under `FIM_DEBUG`) what could not be removed.

@@ -6,6 +6,7 @@ mod commit;
 mod daemon;
 mod debug;
 mod environment;
+mod extracted;
 mod help;
 mod layer_cmd;
 mod layer_stack;

@@ -16,10 +16,17 @@ pub fn create(uid: u32, gid: u32) -> anyhow::Result<()> {
     if uid == 0 {
         unshare(CloneFlags::CLONE_NEWNS).context("cannot create a mount namespace")?;
     } else {
-        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(|e| {
+        // Test-only switch: act as a host that refuses user namespaces.
+        let refused = std::env::var_os(REFUSE_USERNS).is_some_and(|v| v == "1");
+        let created = if refused {
+            Err(nix::errno::Errno::EPERM)
+        } else {
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        };
+        created.map_err(|e| {
+            let (by, fix) = userns_hint();
             anyhow::anyhow!(
-                "cannot create a user namespace ({e}): unprivileged user namespaces are disabled on this system{}",
-                userns_hint()
+                "cannot create a user namespace ({e}): unprivileged user namespaces are disabled on this system{by}, and the sandbox needs them; {fix}"
             )
         })?;
         // A process may map only its own ids into a namespace it created, and must give up
@@ -41,30 +48,30 @@ pub fn create(uid: u32, gid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sysctl that refuses user namespaces on this machine, if one does.
-fn userns_hint() -> String {
-    for (path, refusing, fix) in [
-        (
-            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
-            "1",
-            "kernel.apparmor_restrict_unprivileged_userns=1",
-        ),
-        (
-            "/proc/sys/kernel/unprivileged_userns_clone",
-            "0",
-            "kernel.unprivileged_userns_clone=0",
-        ),
-        (
-            "/proc/sys/user/max_user_namespaces",
-            "0",
-            "user.max_user_namespaces=0",
-        ),
+/// Test-only switch: with `1`, a normal user's launcher treats the creation of a user
+/// namespace as refused (`EPERM`), as some hosts do, so the message can be tested anywhere.
+pub const REFUSE_USERNS: &str = "FIM_TEST_REFUSE_USERNS";
+
+/// The sysctl that refuses user namespaces on this machine, if one does (" by NAME=VALUE"),
+/// and what to do about it.
+fn userns_hint() -> (String, String) {
+    for (name, refusing, allowing) in [
+        ("kernel.apparmor_restrict_unprivileged_userns", "1", "0"),
+        ("kernel.unprivileged_userns_clone", "0", "1"),
+        ("user.max_user_namespaces", "0", "15000"),
     ] {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
         if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == refusing) {
-            return format!(" by {fix}");
+            return (
+                format!(" by {name}={refusing}"),
+                format!("an administrator can allow them with `sysctl -w {name}={allowing}`"),
+            );
         }
     }
-    String::new()
+    (
+        String::new(),
+        "ask an administrator to allow unprivileged user namespaces".into(),
+    )
 }
 
 /// Moves the calling (single-threaded) process into the namespaces of session process

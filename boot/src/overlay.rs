@@ -69,7 +69,12 @@ pub struct Mounted {
 /// Mounts the writable view with `wanted`, falling back from a refused kernel overlay to
 /// the installed FUSE backends. The upper directory's deletion markers are converted to
 /// each backend's format before it mounts.
-pub fn mount_view(places: &Places, uid: u32, wanted: Overlay) -> anyhow::Result<Mounted> {
+pub fn mount_view(
+    places: &Places,
+    lower: &Path,
+    uid: u32,
+    wanted: Overlay,
+) -> anyhow::Result<Mounted> {
     if wanted != Overlay::Bwrap {
         let tool = tool(wanted).context("a FUSE backend has a tool")?;
         let program = find_program(tool.program).with_context(|| {
@@ -78,14 +83,14 @@ pub fn mount_view(places: &Places, uid: u32, wanted: Overlay) -> anyhow::Result<
                 tool.program, tool.program, tool.package
             )
         })?;
-        let helper = mount_fuse(places, uid, wanted, &program)?;
+        let helper = mount_fuse(places, lower, uid, wanted, &program)?;
         return Ok(Mounted {
             overlay: wanted,
             notice: None,
             helper: Some(helper),
         });
     }
-    let refused = match mount_kernel(places) {
+    let refused = match mount_kernel(places, lower) {
         Ok(()) => {
             return Ok(Mounted {
                 overlay: Overlay::Bwrap,
@@ -106,7 +111,7 @@ pub fn mount_view(places: &Places, uid: u32, wanted: Overlay) -> anyhow::Result<
             failures.push(format!("{} is not installed", tool.program));
             continue;
         };
-        match mount_fuse(places, uid, fallback, &program) {
+        match mount_fuse(places, lower, uid, fallback, &program) {
             Ok(helper) => {
                 return Ok(Mounted {
                     overlay: fallback,
@@ -136,8 +141,8 @@ enum Refusal {
 /// Mounts the kernel overlay: the merged layers below, the data directory's upper and
 /// work directories above. Paths are given relative to the data directory, whose name the
 /// user chose and may hold the `,` and `:` that separate overlay options.
-fn mount_kernel(places: &Places) -> Result<(), Refusal> {
-    prepare_upper(places, Overlay::Bwrap).map_err(Refusal::Other)?;
+fn mount_kernel(places: &Places, lower: &Path) -> Result<(), Refusal> {
+    prepare_upper(places, lower, Overlay::Bwrap).map_err(Refusal::Other)?;
     let _step = debug::Step::new("daemon: mount the overlay (kernel)");
     if std::env::var_os(REFUSE_KERNEL_OVERLAY).is_some_and(|v| v == "1") {
         debug::log(format!(
@@ -148,7 +153,7 @@ fn mount_kernel(places: &Places) -> Result<(), Refusal> {
     std::env::set_current_dir(&places.data)
         .with_context(|| format!("cannot enter {}", places.data.display()))
         .map_err(Refusal::Other)?;
-    let lower = option_path(&places.layers).map_err(Refusal::Other)?;
+    let lower = option_path(lower).map_err(Refusal::Other)?;
     // `userxattr`: the same deletion markers whether root or a user mounted it.
     let options = format!("lowerdir={lower},upperdir=upper,workdir=work,userxattr");
     let result = mount(
@@ -163,9 +168,9 @@ fn mount_kernel(places: &Places) -> Result<(), Refusal> {
 }
 
 /// Converts the upper directory's markers to `overlay`'s format.
-fn prepare_upper(places: &Places, overlay: Overlay) -> anyhow::Result<()> {
+fn prepare_upper(places: &Places, lower: &Path, overlay: Overlay) -> anyhow::Result<()> {
     let _step = debug::Step::new("daemon: check the upper directory's deletion markers");
-    let lower = markers::MountedLower(&places.layers);
+    let lower = markers::MountedLower(lower);
     if markers::convert(&places.data, &places.upper, &lower, Format::of(overlay))? {
         debug::log(format!(
             "daemon: converted the deletion markers for {overlay}"
@@ -179,7 +184,7 @@ fn option_path(path: &Path) -> anyhow::Result<String> {
     let text = path.to_str().filter(|t| !t.contains([',', ':', '=', '\\']));
     text.map(str::to_string).with_context(|| {
         format!(
-            "the runtime directory {} holds a character (',', ':', '=' or '\\') that mount options cannot carry: set TMPDIR to a plainer path",
+            "{} holds a character (',', ':', '=' or '\\') that mount options cannot carry: set TMPDIR (or XDG_CACHE_HOME) to a plainer path",
             path.display()
         )
     })
@@ -228,13 +233,14 @@ impl Helper {
 /// Starts the FUSE backend `overlay` on `places.root` and returns once it is mounted.
 fn mount_fuse(
     places: &Places,
+    lower: &Path,
     uid: u32,
     overlay: Overlay,
     program: &Path,
 ) -> anyhow::Result<Helper> {
-    prepare_upper(places, overlay)?;
+    prepare_upper(places, lower, overlay)?;
     let _step = debug::Step::new(format!("daemon: mount the overlay ({overlay})"));
-    let lower = option_path(&places.layers)?;
+    let lower = option_path(lower)?;
     let name = tool(overlay).map_or("overlay", |t| t.program);
     let mut args: Vec<OsString> = vec!["-f".into(), "-o".into()];
     match overlay {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use fim_tests::image::inspect_json;
 use fim_tests::sandbox::{App, Who, base_image};
-use fim_tests::{build_with, run, skip, tempdir, which};
+use fim_tests::{build_with, checks, run, skip, tempdir, which};
 
 /// A directory holding nothing: a `PATH` without bwrap or any other host program.
 fn empty_path(app: &App) -> std::path::PathBuf {
@@ -270,4 +270,69 @@ fn a_noexec_tmp_does_not_break_a_run() {
     let out = run(app.command(["fim-exec", "echo", "ok"]).env("TMPDIR", &tmp));
     out.assert_ok();
     assert_eq!(out.stdout, "ok\n");
+}
+
+#[test]
+fn without_fuse_the_layers_run_from_an_extraction_cache_that_is_checked() {
+    let Some(app) = App::new("extraction", Who::User) else {
+        return;
+    };
+    let cache = app.dir.path().join("cache");
+    let timed = |script: &str| {
+        let start = std::time::Instant::now();
+        let out = run(app
+            .command(["fim-exec", "sh", "-c", script])
+            .env("FIM_EXTRACT", "1")
+            .env("XDG_CACHE_HOME", &cache));
+        out.assert_ok();
+        (out.stdout, start.elapsed())
+    };
+    let (first, cold) = timed("echo new > /data/new; id -u; cat /data/keep.txt");
+    assert_eq!(first, format!("{}\nkeep\n", app.uid));
+    checks::wait_for_the_session_to_end(&app);
+    let (second, warm) = timed("cat /data/new /data/keep.txt");
+    assert_eq!(second, "new\nkeep\n");
+    eprintln!(
+        "extraction: first run {:.1} ms (extracts), second {:.1} ms (reuses the cache)",
+        cold.as_secs_f64() * 1000.0,
+        warm.as_secs_f64() * 1000.0
+    );
+    // Tampering with an extracted file is seen at the next start: the cache is rebuilt.
+    let trees: Vec<_> = std::fs::read_dir(cache.join("fim/extract"))
+        .expect("the cache")
+        .flatten()
+        .map(|e| e.path().join("tree"))
+        .collect();
+    assert_eq!(trees.len(), 1);
+    let keep = trees[0].join("data/keep.txt");
+    std::fs::write(&keep, "tampered\n").expect("tamper");
+    checks::wait_for_the_session_to_end(&app);
+    let (third, _) = timed("cat /data/keep.txt");
+    assert_eq!(third, "keep\n", "the tampered entry was rebuilt");
+    assert_eq!(std::fs::read_to_string(&keep).expect("read"), "keep\n");
+    // FUSE backends need FUSE.
+    let out = run(app
+        .command(["fim-exec", "true"])
+        .env("FIM_EXTRACT", "1")
+        .env("FIM_OVERLAY", "unionfs")
+        .env("XDG_CACHE_HOME", &cache));
+    out.assert_clean_failure("app.flatimage: the unionfs overlay needs FUSE");
+}
+
+#[test]
+fn refused_user_namespaces_are_named_with_the_fix() {
+    let Some(app) = App::new("no_userns", Who::User) else {
+        return;
+    };
+    let out = run(app
+        .command(["fim-exec", "true"])
+        .env("FIM_TEST_REFUSE_USERNS", "1"));
+    out.assert_clean_failure("app.flatimage: cannot create a user namespace (EPERM");
+    assert!(
+        out.stderr
+            .contains("unprivileged user namespaces are disabled")
+            && (out.stderr.contains("sysctl -w") || out.stderr.contains("administrator")),
+        "{}",
+        out.stderr
+    );
 }
