@@ -146,7 +146,12 @@ impl<'a> Daemon<'a> {
             ),
             Err(e) => return Err(e).context("cannot lock the data directory"),
         };
-        for dir in [&places.instance, &places.layers, &places.root] {
+        for dir in [
+            &places.instance,
+            &places.layers,
+            &places.root,
+            &places.instances,
+        ] {
             DirBuilder::new()
                 .mode(0o700)
                 .create(dir)

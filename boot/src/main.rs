@@ -1,18 +1,25 @@
 //! The launcher at the head of every image. It reads its own payload (trailer, reserved
 //! block, layers) from `/proc/self/exe` and dispatches the `fim-*` commands.
 
+mod binds;
 mod commands;
 mod daemon;
 mod debug;
 mod environment;
+mod expand;
 mod help;
+mod identity;
+mod instance;
 mod markers;
 mod namespaces;
+mod notify;
 mod overlay;
+mod perms;
 mod places;
 mod run;
 mod sandbox;
 mod session;
+mod settings;
 mod shim;
 mod supervise;
 

@@ -34,19 +34,34 @@ pub struct Places {
     pub layers: PathBuf,
     /// Mount point of the writable view (overlay) that becomes the sandbox's `/`.
     pub root: PathBuf,
+    /// One record per running instance (`fim-instance`).
+    pub instances: PathBuf,
 }
 
 impl Places {
     /// Resolves the places of `image` for user `uid` and creates the persistent ones.
     pub fn prepare(image: &Path, uid: u32) -> anyhow::Result<Places> {
         let data = data_dir(image)?;
-        let upper = data.join("upper");
-        let work = data.join("work");
-        create_dir(&upper, 0o755)?;
-        create_dir(&work, 0o700)?;
-
+        create_dir(&data.join("upper"), 0o755)?;
+        create_dir(&data.join("work"), 0o700)?;
         let runtime = runtime_base().join(format!("fim-{uid}"));
         ensure_private_dir(&runtime, uid)?;
+        Self::at(image, data, &runtime)
+    }
+
+    /// The places of `image` if it has run here before, creating nothing: `None` when
+    /// its data directory or the user's runtime directory does not exist.
+    pub fn existing(image: &Path, uid: u32) -> anyhow::Result<Option<Places>> {
+        let data = chosen_data_dir(image)?;
+        let runtime = runtime_base().join(format!("fim-{uid}"));
+        let (Ok(data), true) = (data.canonicalize(), runtime.is_dir()) else {
+            return Ok(None);
+        };
+        ensure_private_dir(&runtime, uid)?;
+        Self::at(image, data, &runtime).map(Some)
+    }
+
+    fn at(image: &Path, data: PathBuf, runtime: &Path) -> anyhow::Result<Places> {
         let key = session_key(&data);
         let instance = runtime.join(&key);
         check_mount_path(&instance)?;
@@ -60,10 +75,11 @@ impl Places {
         Ok(Places {
             image: image.to_path_buf(),
             data_lock: data.join("lock"),
-            upper,
+            upper: data.join("upper"),
             session_lock: runtime.join("lock"),
             layers: instance.join("layers"),
             root: instance.join("root"),
+            instances: instance.join("instances"),
             socket,
             instance,
             data,
@@ -77,8 +93,21 @@ impl Places {
     /// failure.
     pub fn remove_session_files(&self) -> anyhow::Result<()> {
         let mut first = Ok(());
+        let mut note = |path: &Path, removed: std::io::Result<()>| match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
+                first = Err(e).with_context(|| format!("cannot remove {}", path.display()));
+            }
+            _ => {}
+        };
+        // Records of instances that were killed before they could remove their own.
+        if let Ok(records) = std::fs::read_dir(&self.instances) {
+            for record in records.flatten() {
+                note(&record.path(), std::fs::remove_file(record.path()));
+            }
+        }
         for (path, is_dir) in [
             (&self.socket, false),
+            (&self.instances, true),
             (&self.layers, true),
             (&self.root, true),
             (&self.instance, true),
@@ -88,27 +117,38 @@ impl Places {
             } else {
                 std::fs::remove_file(path)
             };
-            match removed {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
-                    first = Err(e).with_context(|| format!("cannot remove {}", path.display()));
-                }
-                _ => {}
-            }
+            note(path, removed);
         }
         first
     }
 }
 
+/// Finds executable `program` in the host's `PATH` (the launcher's own environment).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+}
+
 /// `FIM_DIR_DATA`, else `.<name>.data` beside the image; created, then made canonical so
 /// every way of naming it leads to the same session.
 fn data_dir(image: &Path) -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("FIM_DIR_DATA").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => default_data_dir(image)?,
-    };
+    let dir = chosen_data_dir(image)?;
     create_dir(&dir, 0o700)?;
     dir.canonicalize()
         .with_context(|| format!("cannot resolve the data directory {}", dir.display()))
+}
+
+/// `FIM_DIR_DATA`, else `.<name>.data` beside the image, as named (not resolved).
+fn chosen_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
+    match std::env::var_os("FIM_DIR_DATA").filter(|v| !v.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => default_data_dir(image),
+    }
 }
 
 /// `<dir>/.<name>.data` for image `<dir>/<name>`.

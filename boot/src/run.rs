@@ -1,24 +1,28 @@
 //! The run path: join (or start) the image's session, enter its namespaces and run the
 //! command in bubblewrap over the session's writable view.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use fim_image::Image;
-use fim_reserved::{Overlay, Permissions};
+use fim_reserved::Overlay;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::stat::Mode;
 
 use crate::debug::{self, Step};
-use crate::environment::{RunFacts, sandbox_env};
-use crate::places::Places;
-use crate::sandbox::{SYSTEM_DIRS, Sandbox};
+use crate::environment::{self, Env, RunFacts};
+use crate::identity::{self, Identity};
+use crate::perms::{self, RealHost};
+use crate::places::{Places, find_program};
+use crate::sandbox::{Mount, SYSTEM_DIRS, Sandbox};
 use crate::supervise::{self, Outcome};
-use crate::{namespaces, session, shim};
+use crate::{binds, instance, namespaces, notify, session, shim};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -34,7 +38,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let cwd = std::env::current_dir().ok();
-    let host_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let host = Env(std::env::vars_os().collect());
+    let config = image.reserved().clone();
+    if config.notify() {
+        // Before any namespace: the session bus checks who connects.
+        notify::announce(image.path(), &host);
+    }
 
     let places = {
         let _step = Step::new("prepare the data and runtime directories");
@@ -59,7 +68,9 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
             .collect()
     };
     let cwd = match cwd {
-        Some(dir) if dir_inside(&root_dir, &dir) => dir,
+        Some(dir) if open_inside(&root_dir, &dir, OFlag::O_PATH | OFlag::O_DIRECTORY).is_some() => {
+            dir
+        }
         Some(dir) => {
             debug::log(format!(
                 "{} is not in the image; starting in /",
@@ -69,28 +80,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         }
         None => PathBuf::from("/"),
     };
-    let (status_read, status_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    // The shim is this very launcher, run from the image through a descriptor.
-    let exe = File::open("/proc/self/exe").context("cannot open /proc/self/exe")?;
-    let command = shim::command(
-        exe.as_raw_fd(),
-        status_write.as_raw_fd(),
-        ignored,
-        &launch.command,
-    );
-    let sandbox = Sandbox {
-        root: places.root.clone(),
-        user: (uid != 0 && !launch.as_root).then_some((uid, gid)),
-        network: image
-            .reserved()
-            .permissions()
-            .contains(Permissions::network),
-        unshare: image.reserved().unshare(),
-        read_only,
-        cwd,
-        status_fd: status_write.as_raw_fd(),
-    };
+
     let facts = RunFacts {
         image: places.image.clone().into_os_string(),
         image_dir: places
@@ -103,17 +93,74 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         overlay: membership.overlay.to_string(),
         as_root: launch.as_root,
     };
-    let env = sandbox_env(host_env, &facts);
+    let own = environment::own_vars(&facts);
+    let configured = environment::configured(&config.env(), &own, &host);
+    let identity = identity::resolve(&identity::Sources {
+        as_root: launch.as_root,
+        host_ids: (uid, gid),
+        host_user: host.get("USER"),
+        host_home: host.get("HOME"),
+        setting: &|key| configured.get(key).map(OsStr::to_owned),
+    })?;
+    let grants = perms::grants(config.permissions(), &RealHost(&host.0));
+    let env = environment::sandbox_env(&host, &own, &identity, &grants.env, &configured);
+    let mut mounts = grants.mounts;
+    mounts.extend(binds::mounts(
+        &config.binds(),
+        &host,
+        &Env(env.clone()),
+        |p| p.exists(),
+    ));
+    mounts.retain(|m| mountable_inside(&root_dir, m));
+    let passwd = data_file(&identity.passwd(&read_inside(&root_dir, "etc/passwd")))?;
+    let group = data_file(&identity.group(&read_inside(&root_dir, "etc/group")))?;
+    let home_mounted = mounts.iter().any(|m| match m {
+        Mount::Bind { dst, .. } | Mount::Private { dst } => identity.home.starts_with(dst),
+    });
+    let make_home = (!home_mounted
+        && open_inside(&root_dir, &identity.home, OFlag::O_PATH).is_none())
+    .then(|| identity.home.clone());
+
+    let (status_read, status_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // The shim is this very launcher, run from the image through a descriptor.
+    let exe = File::open("/proc/self/exe").context("cannot open /proc/self/exe")?;
+    let command = shim::command(
+        exe.as_raw_fd(),
+        status_write.as_raw_fd(),
+        ignored,
+        &launch.command,
+    );
+    let sandbox = Sandbox {
+        root: places.root.clone(),
+        user: sandbox_user(&launch, uid, &identity),
+        network: grants.network,
+        unshare: config.unshare(),
+        host_dev: grants.host_dev,
+        host_shm: grants.host_shm,
+        read_only,
+        identity_files: Some((passwd.as_raw_fd(), group.as_raw_fd())),
+        make_home,
+        mounts,
+        cwd,
+        status_fd: status_write.as_raw_fd(),
+    };
     let args = sandbox.args(&command);
     debug::log(format!("bwrap {}", shown(&args)));
     let sandbox_step = Step::new("run the sandbox");
+    let mut registration = None;
     let outcome = supervise::run(
         &bwrap,
         &args,
         &env,
         (status_read, status_write),
-        &[exe.as_raw_fd()],
+        &[exe.as_raw_fd(), passwd.as_raw_fd(), group.as_raw_fd()],
+        |bwrap_pid| match instance::register(&places.instances, bwrap_pid, &launch.command) {
+            Ok(r) => registration = Some(r),
+            Err(e) => eprintln!("fim: fim-instance will not list this instance: {e:#}"),
+        },
     )?;
+    drop(registration);
     drop(sandbox_step);
     if outcome == Outcome::SetupFailed {
         drop(membership);
@@ -123,30 +170,69 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     Ok(outcome.into())
 }
 
+/// The uid and gid of a user namespace of the sandbox's own; `None` keeps the session's
+/// root, which `fim-root` is, and which root starting the image is by default.
+fn sandbox_user(launch: &Launch, host_uid: u32, identity: &Identity) -> Option<(u32, u32)> {
+    let ids = (identity.uid, identity.gid);
+    let session_root = launch.as_root || (host_uid == 0 && ids == (0, 0));
+    (!session_root).then_some(ids)
+}
+
+/// A file in memory holding `text`, read from the start by bubblewrap.
+fn data_file(text: &str) -> anyhow::Result<File> {
+    let fd = memfd_create(c"fim-data", MFdFlags::MFD_CLOEXEC).context("cannot create a memfd")?;
+    let mut file = File::from(fd);
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+        .context("cannot write a memfd")?;
+    Ok(file)
+}
+
+/// Opens `path` inside the image, resolving symlinks as the sandbox would.
+fn open_inside(root: &File, path: &Path, flags: OFlag) -> Option<File> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(Mode::empty())
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+    openat2(root, path, how).ok().map(File::from)
+}
+
+/// A text file of the image, empty when it has none.
+fn read_inside(root: &File, path: &str) -> String {
+    let mut text = Vec::new();
+    if let Some(mut file) = open_inside(root, Path::new(path), OFlag::O_RDONLY) {
+        let _ = file.read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Whether a mount can go to its destination: not onto a symlink of the image, which
+/// bubblewrap would follow out of the new root.
+fn mountable_inside(root: &File, mount: &Mount) -> bool {
+    let (Mount::Bind { dst, .. } | Mount::Private { dst }) = mount;
+    let link = open_inside(root, dst, OFlag::O_PATH | OFlag::O_NOFOLLOW)
+        .and_then(|f| f.metadata().ok())
+        .is_some_and(|m| m.file_type().is_symlink());
+    if link {
+        debug::log(format!(
+            "{} is a symlink in the image; nothing is mounted there",
+            dst.display()
+        ));
+    }
+    !link
+}
+
 /// `FIM_BWRAP`, else `bwrap` from `PATH`.
 fn find_bwrap() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("FIM_BWRAP").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(path));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bwrap"))
-        .find(|p| p.is_file())
-        .context("bubblewrap is not installed (no bwrap in PATH): install the bubblewrap package, or set FIM_BWRAP")
+    find_program("bwrap").context("bubblewrap is not installed (no bwrap in PATH): install the bubblewrap package, or set FIM_BWRAP")
 }
 
 /// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).
 fn is_real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-/// Whether `dir` exists inside the image, resolving symlinks as the sandbox would.
-fn dir_inside(root: &File, dir: &Path) -> bool {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .mode(Mode::empty())
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-    openat2(root, dir, how).is_ok()
 }
 
 fn shown(args: &[OsString]) -> String {
