@@ -9,6 +9,7 @@ mod environment;
 mod expand;
 mod help;
 mod identity;
+mod inside;
 mod instance;
 mod markers;
 mod namespaces;

@@ -3,7 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,13 +11,13 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use fim_image::Image;
 use fim_reserved::Overlay;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::stat::Mode;
 
 use crate::debug::{self, Step};
 use crate::environment::{self, Env, RunFacts};
 use crate::identity::{self, Identity};
+use crate::inside::{mountable_inside, open_inside, read_inside};
 use crate::perms::{self, RealHost};
 use crate::places::{Places, find_program};
 use crate::sandbox::{Mount, SYSTEM_DIRS, Sandbox};
@@ -186,40 +186,6 @@ fn data_file(text: &str) -> anyhow::Result<File> {
         .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
         .context("cannot write a memfd")?;
     Ok(file)
-}
-
-/// Opens `path` inside the image, resolving symlinks as the sandbox would.
-fn open_inside(root: &File, path: &Path, flags: OFlag) -> Option<File> {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .mode(Mode::empty())
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-    openat2(root, path, how).ok().map(File::from)
-}
-
-/// A text file of the image, empty when it has none.
-fn read_inside(root: &File, path: &str) -> String {
-    let mut text = Vec::new();
-    if let Some(mut file) = open_inside(root, Path::new(path), OFlag::O_RDONLY) {
-        let _ = file.read_to_end(&mut text);
-    }
-    String::from_utf8_lossy(&text).into_owned()
-}
-
-/// Whether a mount can go to its destination: not onto a symlink of the image, which
-/// bubblewrap would follow out of the new root.
-fn mountable_inside(root: &File, mount: &Mount) -> bool {
-    let (Mount::Bind { dst, .. } | Mount::Private { dst }) = mount;
-    let link = open_inside(root, dst, OFlag::O_PATH | OFlag::O_NOFOLLOW)
-        .and_then(|f| f.metadata().ok())
-        .is_some_and(|m| m.file_type().is_symlink());
-    if link {
-        debug::log(format!(
-            "{} is a symlink in the image; nothing is mounted there",
-            dst.display()
-        ));
-    }
-    !link
 }
 
 /// `FIM_BWRAP`, else `bwrap` from `PATH`.
