@@ -140,8 +140,12 @@ fn check_field(key: &str, value: &str) -> anyhow::Result<()> {
 pub fn check_setting(key: &str, value: &str) -> anyhow::Result<()> {
     match key {
         "UID" | "GID" => parse_id(key, value).map(drop),
-        "USER" if !value.contains('$') => check_name(value),
-        "USER" | "HOME" | "SHELL" => check_field(key, value),
+        "USER" | "HOME" | "SHELL" if value.contains('$') => check_field(key, value),
+        "USER" => check_name(value),
+        "HOME" if !value.starts_with('/') => {
+            bail!("fim-env: HOME={value} is not an absolute path")
+        }
+        "HOME" | "SHELL" => check_field(key, value),
         _ => Ok(()),
     }
 }
@@ -334,6 +338,8 @@ mod tests {
         assert!(check_setting("USER", "a:b").is_err());
         assert!(check_setting("HOME", "${HOME}/x").is_ok());
         assert!(check_setting("HOME", "/a\nb").is_err());
+        assert!(check_setting("HOME", "relative").is_err());
         assert!(check_setting("OTHER", "a:b").is_ok());
+        assert!(check_setting("PATH", "/opt/bin:$PATH").is_ok());
     }
 }

@@ -29,10 +29,9 @@ pub fn read_inside(root: &File, path: &str) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// Whether a mount can go to its destination: not onto a symlink of the image, which
-/// bubblewrap would follow out of the new root.
-pub fn mountable_inside(root: &File, mount: &Mount) -> bool {
-    let (Mount::Bind { dst, .. } | Mount::Private { dst }) = mount;
+/// Whether something can be mounted at `dst`: not onto a symlink of the image, which
+/// bubblewrap would follow from outside the new root (a debug line says so).
+pub fn mountable_at(root: &File, dst: &Path) -> bool {
     let link = open_inside(root, dst, OFlag::O_PATH | OFlag::O_NOFOLLOW)
         .and_then(|f| f.metadata().ok())
         .is_some_and(|m| m.file_type().is_symlink());
@@ -43,4 +42,10 @@ pub fn mountable_inside(root: &File, mount: &Mount) -> bool {
         ));
     }
     !link
+}
+
+/// [`mountable_at`] the destination of `mount`.
+pub fn mountable(root: &File, mount: &Mount) -> bool {
+    let (Mount::Bind { dst, .. } | Mount::Private { dst }) = mount;
+    mountable_at(root, dst)
 }

@@ -129,10 +129,16 @@ fn alive(record: &Record) -> bool {
 
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
 fn start_ticks(pid: i32) -> Option<u64> {
+    stat_field(pid, 19).and_then(|t| u64::try_from(t).ok())
+}
+
+/// Field `index` of `/proc/PID/stat` counted from the state (field 3) as 0: 1 is the
+/// parent's pid, 19 the start time.
+fn stat_field(pid: i32, index: usize) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The name (field 2) is in parentheses and may hold anything, spaces included.
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    after_name.split_whitespace().nth(index)?.parse().ok()
 }
 
 /// `seconds` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -286,6 +292,10 @@ fn open_proc(path: &str) -> anyhow::Result<File> {
 /// The sandbox's first process: bubblewrap's only child. A launcher records itself right
 /// after starting bubblewrap, so the child may take a moment to appear.
 fn sandbox_init(record: &Record) -> anyhow::Result<i32> {
+    // The recorded bubblewrap must still be the launcher's child, not a reused pid.
+    if stat_field(record.bwrap, 1) != Some(i64::from(record.pid)) {
+        bail!("the instance has no running sandbox (it is starting or ending)");
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let children =
@@ -322,6 +332,13 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(start_ticks(me).is_some());
         assert_eq!(start_ticks(i32::MAX), None);
+    }
+
+    #[test]
+    fn the_parent_pid_is_read_from_stat() {
+        let me = std::process::id() as i32;
+        let parent = i64::from(nix::unistd::getppid().as_raw());
+        assert_eq!(stat_field(me, 1), Some(parent));
     }
 
     fn record(pid: i32, start_ticks: u64) -> Record {

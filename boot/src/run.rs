@@ -17,7 +17,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use crate::debug::{self, Step};
 use crate::environment::{self, Env, RunFacts};
 use crate::identity::{self, Identity};
-use crate::inside::{mountable_inside, open_inside, read_inside};
+use crate::inside::{mountable, mountable_at, open_inside, read_inside};
 use crate::perms::{self, RealHost};
 use crate::places::{Places, find_program};
 use crate::sandbox::{Mount, SYSTEM_DIRS, Sandbox};
@@ -111,9 +111,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         &Env(env.clone()),
         |p| p.exists(),
     ));
-    mounts.retain(|m| mountable_inside(&root_dir, m));
+    mounts.retain(|m| mountable(&root_dir, m));
     let passwd = data_file(&identity.passwd(&read_inside(&root_dir, "etc/passwd")))?;
     let group = data_file(&identity.group(&read_inside(&root_dir, "etc/group")))?;
+    let identity_files = (mountable_at(&root_dir, Path::new("/etc/passwd"))
+        && mountable_at(&root_dir, Path::new("/etc/group")))
+    .then(|| (passwd.as_raw_fd(), group.as_raw_fd()));
     let home_mounted = mounts.iter().any(|m| match m {
         Mount::Bind { dst, .. } | Mount::Private { dst } => identity.home.starts_with(dst),
     });
@@ -139,7 +142,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         host_dev: grants.host_dev,
         host_shm: grants.host_shm,
         read_only,
-        identity_files: Some((passwd.as_raw_fd(), group.as_raw_fd())),
+        identity_files,
         make_home,
         mounts,
         cwd,
