@@ -30,7 +30,8 @@ pub fn read_inside(root: &File, path: &str) -> String {
 }
 
 /// Whether something can be mounted at `dst`: not onto a symlink of the image, which
-/// bubblewrap would follow from outside the new root (a debug line says so).
+/// bubblewrap resolves against its own scratch root rather than the image, so the mount
+/// would not land where the link leads (a debug line says so).
 pub fn mountable_at(root: &File, dst: &Path) -> bool {
     let link = open_inside(root, dst, OFlag::O_PATH | OFlag::O_NOFOLLOW)
         .and_then(|f| f.metadata().ok())
