@@ -12,24 +12,14 @@ use fim_image::{Image, ImageError, Updated, update_reserved};
 use fim_reserved::{BootCommand, Overlay};
 
 use crate::debug::{self, Step};
-use crate::help;
 use crate::layer_cmd;
+use crate::places::Places;
 use crate::run::{self, Launch};
 use crate::tools;
+use crate::{help, instance, settings};
 
 /// FlatImage commands that later versions of this launcher implement.
-const PLANNED: &[&str] = &[
-    "fim-perms",
-    "fim-env",
-    "fim-bind",
-    "fim-casefold",
-    "fim-notify",
-    "fim-unshare",
-    "fim-instance",
-    "fim-desktop",
-    "fim-remote",
-    "fim-recipe",
-];
+pub const PLANNED: &[&str] = &["fim-casefold", "fim-desktop", "fim-remote", "fim-recipe"];
 
 pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let first = args.first().map(|a| a.to_string_lossy().into_owned());
@@ -42,6 +32,12 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
         Some("fim-exec") => launch("fim-exec", rest, root_from_env()),
         Some("fim-root") => launch("fim-root", rest, true),
         Some("fim-layer") => layer_cmd::run(&self_path()?, rest),
+        Some("fim-perms") => settings::perms(rest),
+        Some("fim-env") => settings::env(rest),
+        Some("fim-bind") => settings::bind(rest),
+        Some("fim-unshare") => settings::unshare(rest),
+        Some("fim-notify") => settings::notify(rest),
+        Some("fim-instance") => instance(rest),
         Some(cmd) if PLANNED.contains(&cmd) => {
             bail!("{cmd} is not available in this version yet (see fim-help)")
         }
@@ -87,6 +83,43 @@ fn run_in(image: Image, command: Vec<OsString>, as_root: bool) -> anyhow::Result
     run::run(image, overlay, Launch { command, as_root })
 }
 
+/// `fim-instance list | exec ID PROGRAM [ARGS...]`.
+fn instance(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let verb = args.first().map(|a| a.to_string_lossy().into_owned());
+    let listing = || -> anyhow::Result<Vec<(u32, instance::Record)>> {
+        let image = self_image()?;
+        let uid = nix::unistd::getuid().as_raw();
+        Ok(Places::existing(image.path(), uid)?
+            .map(|places| instance::list(&places.instances))
+            .unwrap_or_default())
+    };
+    match verb.as_deref() {
+        Some("list") if args.len() == 1 => {
+            for (id, record) in listing()? {
+                let command: Vec<String> = record.command.iter().map(|w| quoted(w)).collect();
+                println!(
+                    "{id} {} {} {}",
+                    record.pid,
+                    instance::utc(record.started),
+                    command.join(" ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("exec") if args.len() >= 3 => {
+            let wanted = args[1].to_string_lossy();
+            let Some((_, record)) = listing()?
+                .into_iter()
+                .find(|(id, _)| id.to_string() == wanted)
+            else {
+                bail!("fim-instance exec: no running instance '{wanted}' (see fim-instance list)");
+            };
+            instance::exec(&record, &args[2..])
+        }
+        _ => bail!("usage: fim-instance list | fim-instance exec ID PROGRAM [ARGS...]"),
+    }
+}
+
 /// `fim-boot set PROG ARGS... | show | clear`.
 fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let usage = "usage: fim-boot set PROGRAM [ARGS...] | fim-boot show | fim-boot clear";
@@ -105,9 +138,11 @@ fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let command =
                 BootCommand::new(program, rest).map_err(|e| anyhow::anyhow!("fim-boot: {e}"))?;
-            change_reserved("fim-boot set", |r| r.set_boot(Some(&command)))
+            change_reserved("fim-boot set", |r| Ok(r.set_boot(Some(&command))?))
         }
-        Some("clear") if args.len() == 1 => change_reserved("fim-boot clear", |r| r.set_boot(None)),
+        Some("clear") if args.len() == 1 => {
+            change_reserved("fim-boot clear", |r| Ok(r.set_boot(None)?))
+        }
         Some("show") if args.len() == 1 => {
             let image = self_image()?;
             let boot = image.reserved().boot().unwrap_or_else(default_boot);
@@ -123,7 +158,7 @@ fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
 }
 
 /// A word as a POSIX shell would need it written to mean itself.
-fn quoted(word: &str) -> String {
+pub fn quoted(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .bytes()
@@ -135,18 +170,30 @@ fn quoted(word: &str) -> String {
     }
 }
 
-/// Validates the running image, then rewrites its reserved block with `change`.
-fn change_reserved(
+/// Validates the running image, then rewrites its reserved block with `change`, which
+/// sees the block as it is under the image's lock. When `change` refuses, nothing is
+/// written and the error reads `WHAT: reason`.
+pub fn change_reserved(
     what: &str,
-    change: impl FnOnce(&mut fim_reserved::Reserved) -> Result<(), fim_reserved::ReservedError>,
+    change: impl FnOnce(&mut fim_reserved::Reserved) -> anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
     let path = self_path()?;
     self_image()?;
     let _step = Step::new("rewrite reserved block");
+    let mut refused = None;
     let updated = update_reserved(&path, |r| {
-        change(r).map_err(|e| anyhow::anyhow!("{what}: {e}"))
-    })
-    .with_context(|| format!("{what}: cannot write the changed image next to the old one"))?;
+        // A refusal is reported as it is, not as a failure to write.
+        change(r).map_err(|e| {
+            let text = format!("{what}: {e:#}");
+            refused = Some(text.clone());
+            anyhow::anyhow!(text)
+        })
+    });
+    if let Some(text) = refused {
+        bail!("{text}");
+    }
+    let updated = updated
+        .with_context(|| format!("{what}: cannot write the changed image next to the old one"))?;
     if updated == Updated::Unchanged {
         debug::log("setting unchanged; image left as it was");
     }
@@ -170,7 +217,7 @@ fn self_path() -> anyhow::Result<PathBuf> {
 }
 
 /// The running image, with a clear message when this launcher carries no payload.
-fn self_image() -> anyhow::Result<Image> {
+pub fn self_image() -> anyhow::Result<Image> {
     let _step = Step::new("open image");
     let path = self_path()?;
     match Image::open(&path) {

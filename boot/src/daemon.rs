@@ -157,7 +157,12 @@ impl<'a> Daemon<'a> {
         // A commit killed half way is finished (or forgotten) before the upper directory
         // is mounted again.
         crate::commit::recover(places, layers.image)?;
-        for dir in [&places.instance, &places.layers, &places.root] {
+        for dir in [
+            &places.instance,
+            &places.layers,
+            &places.root,
+            &places.instances,
+        ] {
             DirBuilder::new()
                 .mode(0o700)
                 .create(dir)

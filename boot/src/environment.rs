@@ -1,12 +1,18 @@
 //! The app's environment. The host's is not inherited wholesale (it leaks sockets, tokens
 //! and paths that mean nothing inside): only locale and terminal settings pass, plus the
-//! identity and the `FIM_*` variables that describe the run.
+//! identity, the variables that point at what the permissions granted, the image's own
+//! `fim-env` settings and the `FIM_*` variables that describe the run.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-/// Host variables that pass into the sandbox unchanged.
-const PASSED: &[&str] = &[
+use fim_reserved::EnvVar;
+
+use crate::expand::expand;
+use crate::identity::{self, Identity};
+
+/// Host variables that pass into the sandbox unchanged, besides `LC_*`.
+pub const PASSED: &[&str] = &[
     "TERM",
     "COLORTERM",
     "NO_COLOR",
@@ -29,37 +35,88 @@ pub struct RunFacts {
     pub as_root: bool,
 }
 
-/// The sandbox's environment from the host's `host` variables.
-pub fn sandbox_env(
-    host: impl IntoIterator<Item = (OsString, OsString)>,
-    facts: &RunFacts,
-) -> Vec<(OsString, OsString)> {
-    let host: Vec<(OsString, OsString)> = host.into_iter().collect();
-    let get = |key: &str| host.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let mut env: Vec<(OsString, OsString)> =
-        host.iter().filter(|(k, _)| passes(k)).cloned().collect();
-    let mut set = |k: &str, v: OsString| env.push((k.into(), v));
-    set("PATH", SANDBOX_PATH.into());
-    if facts.as_root {
-        set("HOME", "/root".into());
-        set("USER", "root".into());
-        set("LOGNAME", "root".into());
-    } else {
-        set("HOME", get("HOME").unwrap_or_else(|| "/".into()));
-        for key in ["USER", "LOGNAME"] {
-            if let Some(v) = get(key) {
-                set(key, v);
-            }
+/// A list of variables where setting a key again replaces its value in place.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Env(pub Vec<(OsString, OsString)>);
+
+impl Env {
+    pub fn set(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        let (key, value) = (key.into(), value.into());
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((key, value)),
         }
     }
-    set("FIM_IMAGE", facts.image.clone());
-    set("FIM_FILE_BINARY", facts.image.clone());
-    set("FIM_DIR_IMAGE", facts.image_dir.clone());
-    set("FIM_DIR_DATA", facts.data_dir.clone());
-    set("FIM_OVERLAY", facts.overlay.clone().into());
-    set("FIM_VERSION", env!("CARGO_PKG_VERSION").into());
-    set("FIM_ROOT", if facts.as_root { "1" } else { "0" }.into());
+
+    pub fn get(&self, key: &str) -> Option<&OsStr> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_os_str())
+    }
+}
+
+/// `PATH` and the `FIM_*` variables: what the launcher itself tells the app.
+pub fn own_vars(facts: &RunFacts) -> Env {
+    let mut env = Env::default();
+    env.set("PATH", SANDBOX_PATH);
+    env.set("FIM_IMAGE", &facts.image);
+    env.set("FIM_FILE_BINARY", &facts.image);
+    env.set("FIM_DIR_IMAGE", &facts.image_dir);
+    env.set("FIM_DIR_DATA", &facts.data_dir);
+    env.set("FIM_OVERLAY", &facts.overlay);
+    env.set("FIM_VERSION", env!("CARGO_PKG_VERSION"));
+    env.set("FIM_ROOT", if facts.as_root { "1" } else { "0" });
     env
+}
+
+/// The image's `fim-env` settings, expanded in order: `${NAME}` is an earlier setting,
+/// else one of the launcher's own variables, else the host's; nothing else is done to
+/// the text (see `expand`).
+pub fn configured(settings: &[EnvVar], own: &Env, host: &Env) -> Env {
+    let mut done = Env::default();
+    for var in settings {
+        let value = expand(&var.value, |name| {
+            done.get(name)
+                .or_else(|| own.get(name))
+                .or_else(|| host.get(name))
+                .map(OsStr::to_owned)
+        });
+        done.set(var.key.as_str(), value);
+    }
+    done
+}
+
+/// The sandbox's environment: allowed host variables, `PATH`, the identity, what the
+/// permissions `granted`, the `configured` settings (which may override all of these but
+/// the identity), and the launcher's own variables, which nothing overrides.
+pub fn sandbox_env(
+    host: &Env,
+    own: &Env,
+    identity: &Identity,
+    granted: &Env,
+    configured: &Env,
+) -> Vec<(OsString, OsString)> {
+    let mut env = Env(host.0.iter().filter(|(k, _)| passes(k)).cloned().collect());
+    env.set("PATH", SANDBOX_PATH);
+    env.set("HOME", &identity.home);
+    env.set("USER", &identity.user);
+    env.set("LOGNAME", &identity.user);
+    env.set("SHELL", &identity.shell);
+    for (key, value) in &granted.0 {
+        env.set(key, value);
+    }
+    for (key, value) in &configured.0 {
+        if !identity::KEYS.iter().any(|k| k == key) {
+            env.set(key, value);
+        }
+    }
+    for (key, value) in &own.0 {
+        if key != "PATH" {
+            env.set(key, value);
+        }
+    }
+    env.0
 }
 
 fn passes(key: &OsStr) -> bool {
@@ -81,8 +138,8 @@ mod tests {
         }
     }
 
-    fn host() -> Vec<(OsString, OsString)> {
-        [
+    fn host() -> Env {
+        Env([
             ("TERM", "xterm"),
             ("LC_ALL", "C.UTF-8"),
             ("HOME", "/home/u"),
@@ -93,54 +150,131 @@ mod tests {
         ]
         .iter()
         .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-        .collect()
+        .collect())
     }
 
-    fn lookup<'a>(env: &'a [(OsString, OsString)], key: &str) -> Option<&'a OsStr> {
-        env.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_os_str())
+    fn identity() -> Identity {
+        Identity {
+            uid: 1000,
+            gid: 100,
+            user: "u".into(),
+            home: "/home/u".into(),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    fn settings(entries: &[&str]) -> Vec<EnvVar> {
+        entries.iter().map(|e| EnvVar::parse(e).unwrap()).collect()
+    }
+
+    fn env_with(settings_: &[&str], granted: &[(&str, &str)]) -> Env {
+        let own = own_vars(&facts(false));
+        let configured = configured(&settings(settings_), &own, &host());
+        let mut grants = Env::default();
+        for (k, v) in granted {
+            grants.set(*k, *v);
+        }
+        Env(sandbox_env(
+            &host(),
+            &own,
+            &identity(),
+            &grants,
+            &configured,
+        ))
     }
 
     #[test]
     fn terminal_and_locale_pass_secrets_do_not() {
-        let env = sandbox_env(host(), &facts(false));
-        assert_eq!(lookup(&env, "TERM"), Some(OsStr::new("xterm")));
-        assert_eq!(lookup(&env, "LC_ALL"), Some(OsStr::new("C.UTF-8")));
-        assert_eq!(lookup(&env, "SSH_AUTH_SOCK"), None);
-        assert_eq!(lookup(&env, "AWS_SECRET_ACCESS_KEY"), None);
+        let env = env_with(&[], &[]);
+        assert_eq!(env.get("TERM"), Some(OsStr::new("xterm")));
+        assert_eq!(env.get("LC_ALL"), Some(OsStr::new("C.UTF-8")));
+        assert_eq!(env.get("SSH_AUTH_SOCK"), None);
+        assert_eq!(env.get("AWS_SECRET_ACCESS_KEY"), None);
     }
 
     #[test]
     fn path_is_the_images_not_the_hosts() {
-        let env = sandbox_env(host(), &facts(false));
-        assert_eq!(lookup(&env, "PATH"), Some(OsStr::new(SANDBOX_PATH)));
-        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+        let env = env_with(&[], &[]);
+        assert_eq!(env.get("PATH"), Some(OsStr::new(SANDBOX_PATH)));
+        assert_eq!(env.0.iter().filter(|(k, _)| k == "PATH").count(), 1);
     }
 
     #[test]
-    fn identity_follows_the_mode() {
-        let user = sandbox_env(host(), &facts(false));
-        assert_eq!(lookup(&user, "HOME"), Some(OsStr::new("/home/u")));
-        assert_eq!(lookup(&user, "USER"), Some(OsStr::new("u")));
-        assert_eq!(lookup(&user, "FIM_ROOT"), Some(OsStr::new("0")));
-        let root = sandbox_env(host(), &facts(true));
-        assert_eq!(lookup(&root, "HOME"), Some(OsStr::new("/root")));
-        assert_eq!(lookup(&root, "USER"), Some(OsStr::new("root")));
-        assert_eq!(lookup(&root, "FIM_ROOT"), Some(OsStr::new("1")));
+    fn identity_sets_home_user_logname_and_shell() {
+        let env = env_with(&[], &[]);
+        assert_eq!(env.get("HOME"), Some(OsStr::new("/home/u")));
+        assert_eq!(env.get("USER"), Some(OsStr::new("u")));
+        assert_eq!(env.get("LOGNAME"), Some(OsStr::new("u")));
+        assert_eq!(env.get("SHELL"), Some(OsStr::new("/bin/sh")));
+        assert_eq!(env.get("FIM_ROOT"), Some(OsStr::new("0")));
     }
 
     #[test]
-    fn fim_variables_describe_the_run() {
-        let env = sandbox_env(host(), &facts(false));
+    fn fim_variables_describe_the_run_and_cannot_be_overridden() {
+        let env = env_with(&["FIM_IMAGE=/elsewhere"], &[]);
+        assert_eq!(env.get("FIM_IMAGE"), Some(OsStr::new("/a/app.flatimage")));
         assert_eq!(
-            lookup(&env, "FIM_IMAGE"),
-            Some(OsStr::new("/a/app.flatimage"))
-        );
-        assert_eq!(
-            lookup(&env, "FIM_DIR_DATA"),
+            env.get("FIM_DIR_DATA"),
             Some(OsStr::new("/a/.app.flatimage.data"))
         );
-        assert_eq!(lookup(&env, "FIM_OVERLAY"), Some(OsStr::new("bwrap")));
+        assert_eq!(env.get("FIM_OVERLAY"), Some(OsStr::new("bwrap")));
+    }
+
+    #[test]
+    fn granted_variables_are_set() {
+        let env = env_with(&[], &[("DISPLAY", ":0")]);
+        assert_eq!(env.get("DISPLAY"), Some(OsStr::new(":0")));
+    }
+
+    #[test]
+    fn settings_are_expanded_by_our_code_only() {
+        let env = env_with(
+            &[
+                "X=$(touch /tmp/pwned)",
+                "Y=${HOME}/a",
+                "Z=`id`",
+                "W=$AWS_SECRET_ACCESS_KEY",
+            ],
+            &[],
+        );
+        assert_eq!(env.get("X"), Some(OsStr::new("$(touch /tmp/pwned)")));
+        assert_eq!(env.get("Y"), Some(OsStr::new("/home/u/a")));
+        assert_eq!(env.get("Z"), Some(OsStr::new("`id`")));
+        assert_eq!(
+            env.get("W"),
+            Some(OsStr::new("x")),
+            "a host variable named in a setting is passed on purpose"
+        );
+    }
+
+    #[test]
+    fn settings_see_earlier_settings_then_the_launchers_variables_then_the_hosts() {
+        let env = env_with(
+            &[
+                "A=one",
+                "B=${A}-two",
+                "PATH=/opt/bin:$PATH",
+                "D=$FIM_DIR_DATA/d",
+            ],
+            &[],
+        );
+        assert_eq!(env.get("B"), Some(OsStr::new("one-two")));
+        assert_eq!(
+            env.get("PATH"),
+            Some(OsStr::new(&*format!("/opt/bin:{SANDBOX_PATH}")))
+        );
+        assert_eq!(env.get("D"), Some(OsStr::new("/a/.app.flatimage.data/d")));
+    }
+
+    #[test]
+    fn identity_settings_are_not_exported_as_they_are() {
+        let env = env_with(&["UID=5", "HOME=/elsewhere", "LANG=C"], &[]);
+        assert_eq!(env.get("UID"), None);
+        assert_eq!(
+            env.get("HOME"),
+            Some(OsStr::new("/home/u")),
+            "the identity's"
+        );
+        assert_eq!(env.get("LANG"), Some(OsStr::new("C")));
     }
 }

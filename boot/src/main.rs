@@ -1,22 +1,30 @@
 //! The launcher at the head of every image. It reads its own payload (trailer, reserved
 //! block, layers) from `/proc/self/exe` and dispatches the `fim-*` commands.
 
+mod binds;
 mod commands;
 mod commit;
 mod daemon;
 mod debug;
 mod environment;
+mod expand;
 mod extracted;
 mod help;
+mod identity;
+mod inside;
+mod instance;
 mod layer_cmd;
 mod layer_stack;
 mod markers;
 mod namespaces;
+mod notify;
 mod overlay;
+mod perms;
 mod places;
 mod run;
 mod sandbox;
 mod session;
+mod settings;
 mod shim;
 mod supervise;
 mod tools;

@@ -13,7 +13,7 @@ use std::io::{Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::debug;
 use crate::markers::{self, Format};
-use crate::places::Places;
+use crate::places::{Places, find_program};
 
 /// Test-only switch: with `1`, the daemon treats the kernel overlay mount as refused
 /// (`EPERM`), as a host that forbids it would, so the fallback can be tested anywhere.
@@ -188,17 +188,6 @@ fn option_path(path: &Path) -> anyhow::Result<String> {
             path.display()
         )
     })
-}
-
-/// Finds `program` in `PATH`.
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
 }
 
 /// A FUSE backend's process.

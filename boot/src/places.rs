@@ -37,19 +37,34 @@ pub struct Places {
     pub layers: PathBuf,
     /// Mount point of the writable view (overlay) that becomes the sandbox's `/`.
     pub root: PathBuf,
+    /// One record per running instance (`fim-instance`).
+    pub instances: PathBuf,
 }
 
 impl Places {
     /// Resolves the places of `image` for user `uid` and creates the persistent ones.
     pub fn prepare(image: &Path, uid: u32) -> anyhow::Result<Places> {
         let data = data_dir(image)?;
-        let upper = data.join("upper");
-        let work = data.join("work");
-        create_dir(&upper, 0o755)?;
-        create_dir(&work, 0o700)?;
-
+        create_dir(&data.join("upper"), 0o755)?;
+        create_dir(&data.join("work"), 0o700)?;
         let runtime = runtime_base().join(format!("fim-{uid}"));
         ensure_private_dir(&runtime, uid)?;
+        Self::at(image, data, &runtime)
+    }
+
+    /// The places of `image` if it has run here before, creating nothing: `None` when
+    /// its data directory or the user's runtime directory does not exist.
+    pub fn existing(image: &Path, uid: u32) -> anyhow::Result<Option<Places>> {
+        let data = chosen_data_dir(image)?;
+        let runtime = runtime_base().join(format!("fim-{uid}"));
+        let (Ok(data), true) = (data.canonicalize(), runtime.is_dir()) else {
+            return Ok(None);
+        };
+        ensure_private_dir(&runtime, uid)?;
+        Self::at(image, data, &runtime).map(Some)
+    }
+
+    fn at(image: &Path, data: PathBuf, runtime: &Path) -> anyhow::Result<Places> {
         let key = session_key(&data);
         let instance = runtime.join(&key);
         check_mount_path(&instance)?;
@@ -64,10 +79,11 @@ impl Places {
             image: image.to_path_buf(),
             data_lock: data.join("lock"),
             instances_lock: data.join("instances"),
-            upper,
+            upper: data.join("upper"),
             session_lock: runtime.join("lock"),
             layers: instance.join("layers"),
             root: instance.join("root"),
+            instances: instance.join("instances"),
             socket,
             instance,
             data,
@@ -81,8 +97,21 @@ impl Places {
     /// failure.
     pub fn remove_session_files(&self) -> anyhow::Result<()> {
         let mut first = Ok(());
+        let mut note = |path: &Path, removed: std::io::Result<()>| match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
+                first = Err(e).with_context(|| format!("cannot remove {}", path.display()));
+            }
+            _ => {}
+        };
+        // Records of instances that were killed before they could remove their own.
+        if let Ok(records) = std::fs::read_dir(&self.instances) {
+            for record in records.flatten() {
+                note(&record.path(), std::fs::remove_file(record.path()));
+            }
+        }
         for (path, is_dir) in [
             (&self.socket, false),
+            (&self.instances, true),
             (&self.layers, true),
             (&self.root, true),
             (&self.instance, true),
@@ -92,45 +121,63 @@ impl Places {
             } else {
                 std::fs::remove_file(path)
             };
-            match removed {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
-                    first = Err(e).with_context(|| format!("cannot remove {}", path.display()));
-                }
-                _ => {}
-            }
+            note(path, removed);
         }
         first
     }
 }
 
-/// `FIM_DIR_DATA`, else `.<name>.data` beside the image, else (the image's directory is
-/// read-only) the per-user fallback; created, then made canonical so every way of naming
-/// it leads to the same session.
+/// Finds executable `program` in the host's `PATH` (the launcher's own environment).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+}
+
+/// The chosen data directory, created, then made canonical so every way of naming it
+/// leads to the same session.
 fn data_dir(image: &Path) -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("FIM_DIR_DATA").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let beside = default_data_dir(image)?;
-            if create_dir(&beside, 0o700).is_ok() && writable(&beside) {
-                beside
-            } else {
-                let fallback = fallback_data_dir(image)?;
-                crate::debug::log(format!(
-                    "{} cannot be written; keeping changes in {}",
-                    beside.display(),
-                    fallback.display()
-                ));
-                fallback
-            }
-        }
-    };
+    let dir = chosen_data_dir(image)?;
     create_dir(&dir, 0o700)?;
     dir.canonicalize()
         .with_context(|| format!("cannot resolve the data directory {}", dir.display()))
 }
 
+/// `FIM_DIR_DATA`, else `.<name>.data` beside the image, else (the image's directory
+/// cannot be written) the per-user fallback; as named, nothing created.
+fn chosen_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FIM_DIR_DATA").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let beside = default_data_dir(image)?;
+    let usable = if beside.is_dir() {
+        writable(&beside)
+    } else {
+        beside.parent().is_some_and(writable)
+    };
+    if usable {
+        return Ok(beside);
+    }
+    let fallback = fallback_data_dir(image)?;
+    crate::debug::log(format!(
+        "{} cannot be written; keeping changes in {}",
+        beside.display(),
+        fallback.display()
+    ));
+    Ok(fallback)
+}
+
 /// Whether this user can create files in `dir` (a read-only mount says no).
 fn writable(dir: &Path) -> bool {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 

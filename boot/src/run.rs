@@ -1,25 +1,29 @@
 //! The run path: join (or start) the image's session, enter its namespaces and run the
 //! command in bubblewrap over the session's writable view.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use fim_image::Image;
-use fim_reserved::{Overlay, Permissions};
+use fim_reserved::Overlay;
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::Mode;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use crate::debug::{self, Step};
-use crate::environment::{RunFacts, sandbox_env};
+use crate::environment::{self, Env, RunFacts};
+use crate::identity::{self, Identity};
+use crate::inside::{mountable, mountable_at, open_inside, read_inside};
+use crate::perms::{self, RealHost};
 use crate::places::Places;
-use crate::sandbox::{SYSTEM_DIRS, Sandbox};
+use crate::sandbox::{Mount, SYSTEM_DIRS, Sandbox};
 use crate::supervise::{self, Outcome};
-use crate::{layer_stack, namespaces, session, shim, tools};
+use crate::{binds, instance, layer_stack, namespaces, notify, session, shim, tools};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -35,7 +39,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let cwd = std::env::current_dir().ok();
-    let host_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let host = Env(std::env::vars_os().collect());
+    let config = image.reserved().clone();
+    if config.notify() {
+        // Before any namespace: the session bus checks who connects.
+        notify::announce(image.path(), &host);
+    }
 
     let places = {
         let _step = Step::new("prepare the data and runtime directories");
@@ -71,7 +80,9 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
             .collect()
     };
     let cwd = match cwd {
-        Some(dir) if dir_inside(&root_dir, &dir) => dir,
+        Some(dir) if open_inside(&root_dir, &dir, OFlag::O_PATH | OFlag::O_DIRECTORY).is_some() => {
+            dir
+        }
         Some(dir) => {
             debug::log(format!(
                 "{} is not in the image; starting in /",
@@ -81,28 +92,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         }
         None => PathBuf::from("/"),
     };
-    let (status_read, status_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    // The shim is this very launcher, run from the image through a descriptor.
-    let exe = File::open("/proc/self/exe").context("cannot open /proc/self/exe")?;
-    let command = shim::command(
-        exe.as_raw_fd(),
-        status_write.as_raw_fd(),
-        ignored,
-        &launch.command,
-    );
-    let sandbox = Sandbox {
-        root: places.root.clone(),
-        user: (uid != 0 && !launch.as_root).then_some((uid, gid)),
-        network: image
-            .reserved()
-            .permissions()
-            .contains(Permissions::network),
-        unshare: image.reserved().unshare(),
-        read_only,
-        cwd,
-        status_fd: status_write.as_raw_fd(),
-    };
+
     let facts = RunFacts {
         image: places.image.clone().into_os_string(),
         image_dir: places
@@ -115,17 +105,77 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         overlay: membership.overlay.to_string(),
         as_root: launch.as_root,
     };
-    let env = sandbox_env(host_env, &facts);
+    let own = environment::own_vars(&facts);
+    let configured = environment::configured(&config.env(), &own, &host);
+    let identity = identity::resolve(&identity::Sources {
+        as_root: launch.as_root,
+        host_ids: (uid, gid),
+        host_user: host.get("USER"),
+        host_home: host.get("HOME"),
+        setting: &|key| configured.get(key).map(OsStr::to_owned),
+    })?;
+    let grants = perms::grants(config.permissions(), &RealHost(&host.0));
+    let env = environment::sandbox_env(&host, &own, &identity, &grants.env, &configured);
+    let mut mounts = grants.mounts;
+    mounts.extend(binds::mounts(
+        &config.binds(),
+        &host,
+        &Env(env.clone()),
+        |p| p.exists(),
+    ));
+    mounts.retain(|m| mountable(&root_dir, m));
+    let passwd = data_file(&identity.passwd(&read_inside(&root_dir, "etc/passwd")))?;
+    let group = data_file(&identity.group(&read_inside(&root_dir, "etc/group")))?;
+    let identity_files = (mountable_at(&root_dir, Path::new("/etc/passwd"))
+        && mountable_at(&root_dir, Path::new("/etc/group")))
+    .then(|| (passwd.as_raw_fd(), group.as_raw_fd()));
+    let home_mounted = mounts.iter().any(|m| match m {
+        Mount::Bind { dst, .. } | Mount::Private { dst } => identity.home.starts_with(dst),
+    });
+    let make_home = (!home_mounted
+        && open_inside(&root_dir, &identity.home, OFlag::O_PATH).is_none())
+    .then(|| identity.home.clone());
+
+    let (status_read, status_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // The shim is this very launcher, run from the image through a descriptor.
+    let exe = File::open("/proc/self/exe").context("cannot open /proc/self/exe")?;
+    let command = shim::command(
+        exe.as_raw_fd(),
+        status_write.as_raw_fd(),
+        ignored,
+        &launch.command,
+    );
+    let sandbox = Sandbox {
+        root: places.root.clone(),
+        user: sandbox_user(&launch, uid, &identity),
+        network: grants.network,
+        unshare: config.unshare(),
+        host_dev: grants.host_dev,
+        host_shm: grants.host_shm,
+        read_only,
+        identity_files,
+        make_home,
+        mounts,
+        cwd,
+        status_fd: status_write.as_raw_fd(),
+    };
     let args = sandbox.args(&command);
     debug::log(format!("bwrap {}", shown(&args)));
     let sandbox_step = Step::new("run the sandbox");
+    let mut registration = None;
     let outcome = supervise::run(
         &bwrap.path,
         &args,
         &env,
         (status_read, status_write),
-        &[exe.as_raw_fd()],
+        &[exe.as_raw_fd(), passwd.as_raw_fd(), group.as_raw_fd()],
+        |bwrap_pid| match instance::register(&places.instances, bwrap_pid, &launch.command) {
+            Ok(r) => registration = Some(r),
+            Err(e) => eprintln!("fim: fim-instance will not list this instance: {e:#}"),
+        },
     )?;
+    drop(registration);
     drop(sandbox_step);
     if outcome == Outcome::SetupFailed {
         drop(membership);
@@ -133,6 +183,24 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     }
     membership.leave();
     Ok(outcome.into())
+}
+
+/// The uid and gid of a user namespace of the sandbox's own; `None` keeps the session's
+/// root, which `fim-root` is, and which root starting the image is by default.
+fn sandbox_user(launch: &Launch, host_uid: u32, identity: &Identity) -> Option<(u32, u32)> {
+    let ids = (identity.uid, identity.gid);
+    let session_root = launch.as_root || (host_uid == 0 && ids == (0, 0));
+    (!session_root).then_some(ids)
+}
+
+/// A file in memory holding `text`, read from the start by bubblewrap.
+fn data_file(text: &str) -> anyhow::Result<File> {
+    let fd = memfd_create(c"fim-data", MFdFlags::MFD_CLOEXEC).context("cannot create a memfd")?;
+    let mut file = File::from(fd);
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+        .context("cannot write a memfd")?;
+    Ok(file)
 }
 
 /// Marks this launcher as a running instance: a shared lock that a layer change
@@ -156,15 +224,6 @@ fn mark_running(places: &Places, image: Image) -> anyhow::Result<(Flock<File>, I
 /// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).
 fn is_real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-/// Whether `dir` exists inside the image, resolving symlinks as the sandbox would.
-fn dir_inside(root: &File, dir: &Path) -> bool {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .mode(Mode::empty())
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-    openat2(root, dir, how).is_ok()
 }
 
 fn shown(args: &[OsString]) -> String {

@@ -2,9 +2,9 @@
 //! Pure: built from a description, so it is tested without running anything.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use fim_reserved::Unshare;
+use fim_reserved::{BindKind, Unshare};
 
 /// Top-level directories of the image that hold the system: read-only in the default run,
 /// writable under `fim-root`. An app run as a user cannot change the image's software,
@@ -12,6 +12,21 @@ use fim_reserved::Unshare;
 pub const SYSTEM_DIRS: &[&str] = &[
     "bin", "boot", "etc", "lib", "lib32", "lib64", "libx32", "sbin", "usr",
 ];
+
+/// A mount the sandbox gets on top of the image, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// The host's `src` at `dst`: read-only, read-write, or with its device nodes usable.
+    /// A source that vanished since it was checked is skipped (bubblewrap's `-try`).
+    Bind {
+        kind: BindKind,
+        src: PathBuf,
+        dst: PathBuf,
+    },
+    /// A private, empty directory at `dst` that only the app can enter, gone with the
+    /// sandbox: where the sockets of the host's runtime directory are put.
+    Private { dst: PathBuf },
+}
 
 /// What the app gets.
 #[derive(Debug, Clone)]
@@ -25,8 +40,19 @@ pub struct Sandbox {
     pub network: bool,
     /// Namespaces unshared on request (`fim-unshare`); pid is always unshared.
     pub unshare: Unshare,
+    /// The host's whole `/dev` (the `dev` permission); otherwise a minimal one of the
+    /// sandbox's own (null, zero, random, tty, pts...).
+    pub host_dev: bool,
+    /// The host's `/dev/shm` (the `shm` permission); otherwise a private one.
+    pub host_shm: bool,
     /// Top-level directories of the image made read-only (names, no slash).
     pub read_only: Vec<String>,
+    /// Descriptors holding the generated `/etc/passwd` and `/etc/group`.
+    pub identity_files: Option<(i32, i32)>,
+    /// A directory to create for the app's home, which the image lacks.
+    pub make_home: Option<PathBuf>,
+    /// Permission and `fim-bind` mounts, in order.
+    pub mounts: Vec<Mount>,
     /// Working directory inside.
     pub cwd: PathBuf,
     /// Descriptor on which bubblewrap reports the sandbox's pid and exit code.
@@ -36,21 +62,20 @@ pub struct Sandbox {
 impl Sandbox {
     /// bubblewrap's arguments, ending with `--` and `command`.
     pub fn args(&self, command: &[OsString]) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
+        let mut args = Args::default();
         // A private pid namespace: /proc shows only the app, and killing the sandbox's
         // first process ends every process the app started.
-        args.extend(["--die-with-parent", "--unshare-pid"].map(OsString::from));
-        if let Some((uid, gid)) = self.user {
-            args.extend(
-                [
-                    "--unshare-user",
-                    "--uid",
-                    &uid.to_string(),
-                    "--gid",
-                    &gid.to_string(),
-                ]
-                .map(OsString::from),
-            );
+        args.words(["--die-with-parent", "--unshare-pid"]);
+        match self.user {
+            Some((uid, gid)) => args.words([
+                "--unshare-user",
+                "--uid",
+                &uid.to_string(),
+                "--gid",
+                &gid.to_string(),
+            ]),
+            None if self.unshare.contains(Unshare::user) => args.words(["--unshare-user"]),
+            None => {}
         }
         let unshared = [
             (
@@ -64,36 +89,83 @@ impl Sandbox {
                 "--unshare-cgroup-try",
             ),
         ];
-        args.extend(
-            unshared
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, flag)| OsString::from(flag)),
-        );
-        args.extend([
-            "--bind".into(),
-            self.root.clone().into_os_string(),
-            "/".into(),
-        ]);
-        args.extend(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"].map(OsString::from));
-        // `--remount-ro` needs a mount point; a read-only bind of the directory onto
-        // itself makes one.
-        for dir in &self.read_only {
-            args.extend([
-                "--ro-bind".into(),
-                self.root.join(dir).into_os_string(),
-                format!("/{dir}").into(),
-            ]);
+        for (on, flag) in unshared {
+            if on {
+                args.words([flag]);
+            }
         }
-        args.extend([
-            "--chdir".into(),
-            self.cwd.clone().into_os_string(),
-            "--json-status-fd".into(),
-            self.status_fd.to_string().into(),
-            "--".into(),
-        ]);
-        args.extend(command.iter().cloned());
-        args
+        args.path_pair("--bind", &self.root, Path::new("/"));
+        if self.host_dev {
+            args.words(["--dev-bind", "/dev", "/dev"]);
+        } else {
+            args.words(["--dev", "/dev"]);
+        }
+        args.words(["--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]);
+        if !self.host_dev {
+            if self.host_shm {
+                args.words(["--bind-try", "/dev/shm", "/dev/shm"]);
+            } else {
+                args.words(["--perms", "1777", "--tmpfs", "/dev/shm"]);
+            }
+        }
+        // Each read-only directory becomes a mount point of its own now, while mount
+        // points for what follows can still be created in it, and is made read-only last.
+        for dir in &self.read_only {
+            args.path_pair("--bind", &self.root.join(dir), &Path::new("/").join(dir));
+        }
+        if let Some((passwd, group)) = self.identity_files {
+            args.words(["--ro-bind-data", &passwd.to_string(), "/etc/passwd"]);
+            args.words(["--ro-bind-data", &group.to_string(), "/etc/group"]);
+        }
+        if let Some(home) = &self.make_home {
+            args.words(["--dir"]);
+            args.path(home);
+        }
+        for mount in &self.mounts {
+            match mount {
+                Mount::Bind { kind, src, dst } => {
+                    let flag = match kind {
+                        BindKind::Ro => "--ro-bind-try",
+                        BindKind::Rw => "--bind-try",
+                        BindKind::Dev => "--dev-bind-try",
+                    };
+                    args.path_pair(flag, src, dst);
+                }
+                Mount::Private { dst } => {
+                    args.words(["--perms", "0700", "--tmpfs"]);
+                    args.path(dst);
+                }
+            }
+        }
+        for dir in &self.read_only {
+            args.words(["--remount-ro"]);
+            args.path(&Path::new("/").join(dir));
+        }
+        args.words(["--chdir"]);
+        args.path(&self.cwd);
+        args.words(["--json-status-fd", &self.status_fd.to_string(), "--"]);
+        args.0.extend(command.iter().cloned());
+        args.0
+    }
+}
+
+/// bubblewrap's argument list as it is built.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn words<'a>(&mut self, words: impl IntoIterator<Item = &'a str>) {
+        self.0.extend(words.into_iter().map(OsString::from));
+    }
+
+    fn path(&mut self, path: &Path) {
+        self.0.push(path.as_os_str().to_owned());
+    }
+
+    fn path_pair(&mut self, flag: &str, src: &Path, dst: &Path) {
+        self.words([flag]);
+        self.path(src);
+        self.path(dst);
     }
 }
 
@@ -107,7 +179,12 @@ mod tests {
             user: Some((1000, 100)),
             network: false,
             unshare: Unshare::empty(),
+            host_dev: false,
+            host_shm: false,
             read_only: vec!["usr".into()],
+            identity_files: None,
+            make_home: None,
+            mounts: Vec::new(),
             cwd: PathBuf::from("/home/u"),
             status_fd: 7,
         }
@@ -122,11 +199,12 @@ mod tests {
     }
 
     #[test]
-    fn default_run_is_a_user_without_network() {
+    fn default_run_is_a_user_without_network_host_dev_or_host_shm() {
         assert_eq!(
             text(&sandbox()),
             "--die-with-parent --unshare-pid --unshare-user --uid 1000 --gid 100 --unshare-net \
-             --bind /run/x/root / --dev /dev --proc /proc --tmpfs /tmp --ro-bind /run/x/root/usr /usr \
+             --bind /run/x/root / --dev /dev --proc /proc --perms 1777 --tmpfs /tmp \
+             --perms 1777 --tmpfs /dev/shm --bind /run/x/root/usr /usr --remount-ro /usr \
              --chdir /home/u --json-status-fd 7 -- prog a b"
         );
     }
@@ -138,7 +216,7 @@ mod tests {
         s.read_only.clear();
         let t = text(&s);
         assert!(!t.contains("--unshare-user") && !t.contains("--uid"), "{t}");
-        assert!(!t.contains("--ro-bind"), "{t}");
+        assert!(!t.contains("--remount-ro"), "{t}");
     }
 
     #[test]
@@ -158,6 +236,78 @@ mod tests {
         for flag in ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"] {
             assert!(t.contains(flag), "{flag} missing from {t}");
         }
+    }
+
+    #[test]
+    fn unsharing_the_user_namespace_keeps_roots_identity() {
+        let mut s = sandbox();
+        s.user = None;
+        s.unshare = Unshare::user;
+        let t = text(&s);
+        assert!(t.contains("--unshare-user") && !t.contains("--uid"), "{t}");
+    }
+
+    #[test]
+    fn dev_and_shm_permissions_use_the_hosts() {
+        let mut s = sandbox();
+        s.host_shm = true;
+        let t = text(&s);
+        assert!(
+            t.contains("--dev /dev") && t.contains("--bind-try /dev/shm /dev/shm"),
+            "{t}"
+        );
+        s.host_dev = true;
+        let t = text(&s);
+        assert!(
+            t.contains("--dev-bind /dev /dev") && !t.contains("/dev/shm"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn mounts_come_after_the_system_and_before_it_is_made_read_only() {
+        let mut s = sandbox();
+        s.identity_files = Some((8, 9));
+        s.make_home = Some("/home/u".into());
+        s.mounts = vec![
+            Mount::Private {
+                dst: "/run/user/1".into(),
+            },
+            Mount::Bind {
+                kind: BindKind::Rw,
+                src: "/a b".into(),
+                dst: "/usr/x".into(),
+            },
+            Mount::Bind {
+                kind: BindKind::Ro,
+                src: "/r".into(),
+                dst: "/r".into(),
+            },
+            Mount::Bind {
+                kind: BindKind::Dev,
+                src: "/dev/dri".into(),
+                dst: "/dev/dri".into(),
+            },
+        ];
+        let args = s.args(&["prog".into()]);
+        let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+        let at = |w: &[&str]| {
+            words
+                .windows(w.len())
+                .position(|x| x == w)
+                .unwrap_or_else(|| panic!("{w:?} not in {words:?}"))
+        };
+        let system = at(&["--bind", "/run/x/root/usr", "/usr"]);
+        let passwd = at(&["--ro-bind-data", "8", "/etc/passwd"]);
+        let group = at(&["--ro-bind-data", "9", "/etc/group"]);
+        let home = at(&["--dir", "/home/u"]);
+        let private = at(&["--perms", "0700", "--tmpfs", "/run/user/1"]);
+        let rw = at(&["--bind-try", "/a b", "/usr/x"]);
+        let ro = at(&["--ro-bind-try", "/r", "/r"]);
+        let dev = at(&["--dev-bind-try", "/dev/dri", "/dev/dri"]);
+        let read_only = at(&["--remount-ro", "/usr"]);
+        let order = [system, passwd, group, home, private, rw, ro, dev, read_only];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{words:?}");
     }
 
     #[test]

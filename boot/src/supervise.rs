@@ -33,13 +33,15 @@ pub enum Outcome {
     SetupFailed,
 }
 
-/// Runs `bwrap ARGS` with `env`; `inherited` descriptors survive into it.
+/// Runs `bwrap ARGS` with `env`; `inherited` descriptors survive into it. `started` gets
+/// bubblewrap's pid as soon as it runs.
 pub fn run(
     bwrap: &Path,
     args: &[OsString],
     env: &[(OsString, OsString)],
     status: (OwnedFd, OwnedFd),
     inherited: &[i32],
+    started: impl FnOnce(i32),
 ) -> anyhow::Result<Outcome> {
     let mut watched = SigSet::empty();
     for s in RELAYED {
@@ -83,6 +85,7 @@ pub fn run(
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot run {}", bwrap.display()))?;
+    started(child.id() as i32);
     drop(status_write);
     nix::fcntl::fcntl(&status_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
         .context("cannot make the status pipe non-blocking")?;
@@ -206,11 +209,17 @@ impl Supervisor {
         if self.sandbox_init.is_none() {
             return Outcome::SetupFailed;
         }
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Outcome::Exited(code as u8),
-            (None, Some(sig)) => Outcome::Exited(128u8.wrapping_add(sig as u8)),
-            _ => Outcome::Exited(125),
-        }
+        Outcome::Exited(exit_code(status))
+    }
+}
+
+/// A program's exit status as a shell reports it: its code, or 128+N when killed by
+/// signal N.
+pub fn exit_code(status: std::process::ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        _ => crate::RUNTIME_ERROR,
     }
 }
 

@@ -265,8 +265,9 @@ impl Bind {
     }
 
     /// `dst` must be absolute because it is resolved inside the sandbox,
-    /// where there is no meaningful working directory; `src` may still hold
-    /// variables the launcher expands.
+    /// where there is no meaningful working directory, or start with a
+    /// variable (`${HOME}/x`) that the launcher expands to an absolute path;
+    /// `src` may hold variables too.
     pub fn validate(&self) -> Result<(), ReservedError> {
         let reason = if self.src.is_empty() {
             Some("source is empty")
@@ -274,8 +275,8 @@ impl Bind {
             Some("destination is empty")
         } else if has_nul(&self.src) || has_nul(&self.dst) {
             Some("path contains a NUL byte")
-        } else if !self.dst.starts_with('/') {
-            Some("destination must be an absolute path")
+        } else if !self.dst.starts_with('/') && !self.dst.starts_with('$') {
+            Some("destination must be an absolute path (or start with a variable like ${HOME})")
         } else {
             None
         };
@@ -521,8 +522,9 @@ mod tests {
             Bind::new(BindKind::Rw, "/a", "rel")
                 .unwrap_err()
                 .to_string(),
-            "invalid bind '/a' -> 'rel': destination must be an absolute path"
+            "invalid bind '/a' -> 'rel': destination must be an absolute path (or start with a variable like ${HOME})"
         );
+        assert!(Bind::new(BindKind::Rw, "${HOME}/a", "${HOME}/a").is_ok());
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //!   and a seeded random generator.
 //! - [`sandbox`]: running images as the invoker or a created user; [`checks`]: checks
 //!   several test files run against such an app.
+//! - [`host`]: host resources offered to a sandbox (files in shared places, sockets, a
+//!   loopback TCP server), removed when dropped.
 //! - [`image`]: building images and reading where their parts are (`fim inspect --json`).
 
 pub mod bins;
 pub mod checks;
 pub mod fsutil;
+pub mod host;
 pub mod image;
 pub mod mount;
 pub mod run;

@@ -13,6 +13,24 @@ use crate::fsutil::{is_root, skip, which};
 use crate::image::build_with;
 use crate::run::{Output, run};
 
+/// One test per identity for each check `fn check(who: Who)`: `check::as_invoker` and
+/// `check::as_unprivileged_user`.
+#[macro_export]
+macro_rules! for_both {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[test]
+            fn as_invoker() {
+                super::$check($crate::sandbox::Who::Invoker)
+            }
+            #[test]
+            fn as_unprivileged_user() {
+                super::$check($crate::sandbox::Who::User)
+            }
+        }
+    )*};
+}
+
 /// Name of the unprivileged user the tests create.
 pub const TEST_USER: &str = "fim-e2e";
 
@@ -341,6 +359,24 @@ impl App {
     /// Runs `IMAGE fim-exec sh -c SCRIPT`.
     pub fn sh(&self, script: &str) -> Output {
         self.run(["fim-exec", "sh", "-c", script])
+    }
+
+    /// A new directory in the app's directory (on the host), owned by the app's user.
+    pub fn host_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("create a host directory");
+        self.own(&dir);
+        dir
+    }
+
+    /// Gives `path` to the app's user.
+    pub fn own(&self, path: &Path) {
+        chown(path, self.uid, self.gid);
+    }
+
+    /// The image file's bytes.
+    pub fn image_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.image).expect("read the image")
     }
 }
 

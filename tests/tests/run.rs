@@ -11,23 +11,7 @@ use fim_tests::run::SpawnRetrying;
 use fim_tests::sandbox::{App, Who, host_mounts_mentioning, processes_with};
 use fim_tests::{put, tempdir, which};
 
-/// Each check runs once per identity.
-macro_rules! for_both {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            #[test]
-            fn as_invoker() {
-                super::$check(super::Who::Invoker)
-            }
-            #[test]
-            fn as_unprivileged_user() {
-                super::$check(super::Who::User)
-            }
-        }
-    )*};
-}
-
-for_both!(
+fim_tests::for_both!(
     runs_a_command_and_prints_its_output,
     passes_the_exit_status_through,
     missing_program_fails_clearly,
