@@ -124,6 +124,8 @@ struct Daemon<'a> {
     fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
     /// Held for the daemon's life: one session per data directory.
     data_lock: Flock<File>,
+    /// Whether the mounts are in namespaces of the session's own or the host's.
+    isolation: namespaces::Isolation,
     /// The backend asked for, and the one that mounted the view.
     wanted: Overlay,
     used: Overlay,
@@ -197,12 +199,12 @@ impl<'a> Daemon<'a> {
             None => None,
         };
 
-        namespaces::create(uid, gid)?;
+        let isolation = namespaces::create(uid, gid)?;
 
         let (lower, mut fuse) = match extracted {
             Some(tree) => (tree, None),
             None => {
-                let (unmounter, stopped) = serve_fuse(stack, places, uid)?;
+                let (unmounter, stopped) = serve_fuse(stack, places, (uid, gid), isolation)?;
                 (places.layers.clone(), Some((unmounter, stopped)))
             }
         };
@@ -212,7 +214,7 @@ impl<'a> Daemon<'a> {
             }
         };
 
-        let view = match overlay::mount_view(places, &lower, uid, wanted) {
+        let view = match overlay::mount_view(places, &lower, (uid, gid), isolation, wanted) {
             Ok(view) => view,
             Err(e) => {
                 unmount_fuse(&mut fuse);
@@ -225,7 +227,7 @@ impl<'a> Daemon<'a> {
         {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = umount2(&places.root, MntFlags::MNT_DETACH);
+                detach_view(places, isolation);
                 if let Some(helper) = view.helper {
                     helper.stop();
                 }
@@ -240,6 +242,7 @@ impl<'a> Daemon<'a> {
             signals,
             fuse,
             data_lock,
+            isolation,
             wanted,
             used: view.overlay,
             notice: view.notice,
@@ -323,7 +326,10 @@ impl<'a> Daemon<'a> {
                 );
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
-                    Err(_) => return self.fail_all(clients),
+                    Err(e) => {
+                        debug::log(format!("daemon: poll failed ({e}); ending"));
+                        return self.fail_all(clients);
+                    }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 let readable: Vec<usize> = fds[4..]
@@ -345,6 +351,7 @@ impl<'a> Daemon<'a> {
                 let mut byte = [0u8; 1];
                 match clients[i].read(&mut byte) {
                     Ok(0) | Err(_) => {
+                        debug::log("daemon: a launcher went away without leaving");
                         clients.swap_remove(i);
                     }
                     Ok(_) if byte[0] == LEAVING => {
@@ -417,7 +424,7 @@ impl<'a> Daemon<'a> {
     /// mount points, and releases the data directory. A FUSE backend is waited for before
     /// the layers below it are unmounted: it holds them open until it exits.
     fn shut_down(mut self) {
-        let _ = umount2(&self.places.root, MntFlags::MNT_DETACH);
+        detach_view(self.places, self.isolation);
         if let Some(helper) = self.helper.take() {
             debug::log(format!("daemon: waiting for {} to exit", helper.name()));
             helper.stop();
@@ -433,18 +440,51 @@ impl<'a> Daemon<'a> {
     }
 }
 
+/// Detaches the writable view (lazily: a dying sandbox may still hold it). In the host's
+/// mount namespace only `fusermount3` may unmount a user's FUSE mount.
+fn detach_view(places: &Places, isolation: namespaces::Isolation) {
+    match isolation {
+        namespaces::Isolation::Namespaces => {
+            let _ = umount2(&places.root, MntFlags::MNT_DETACH);
+        }
+        namespaces::Isolation::Host => fusermount_detach(&places.root),
+    }
+}
+
+/// `fusermount3 -u -z PATH`, quietly.
+pub fn fusermount_detach(path: &std::path::Path) {
+    if let Some(fusermount) = namespaces::setuid_fusermount() {
+        let _ = std::process::Command::new(fusermount)
+            .args(["-u", "-z", "--"])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Mounts the layers at `places.layers` with the in-process FUSE server, run on a thread
 /// of its own; returns its unmounter and a descriptor that hangs up when it stops.
 fn serve_fuse(
     stack: fim_layers::Stack,
     places: &Places,
-    uid: u32,
+    (uid, gid): (u32, u32),
+    isolation: namespaces::Isolation,
 ) -> anyhow::Result<(fuser::SessionUnmounter, OwnedFd)> {
-    let settings = MountSettings {
-        // The sandbox runs in a nested user namespace, not as the mounter.
-        allow_other: true,
-        threads: 0,
-        owner: (uid != 0).then_some((0, 0)),
+    let settings = match isolation {
+        namespaces::Isolation::Namespaces => MountSettings {
+            // The sandbox runs in a nested user namespace, not as the mounter.
+            allow_other: true,
+            threads: 0,
+            owner: (uid != 0).then_some((0, 0)),
+        },
+        // Through fusermount3, which allows `allow_other` only if the host says so; the
+        // app runs as the user who mounts, and sees the tree as theirs.
+        namespaces::Isolation::Host => MountSettings {
+            allow_other: false,
+            threads: 0,
+            owner: Some((uid, gid)),
+        },
     };
     let mut session = {
         let _step = debug::Step::new("daemon: mount the layers (FUSE)");

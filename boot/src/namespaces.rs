@@ -2,6 +2,10 @@
 //! them. A normal user gets a user namespace in which they are root (so they may mount);
 //! root needs only a mount namespace. Mounts made there are invisible to the rest of the
 //! system and vanish with the last process inside.
+//!
+//! Where user namespaces are refused, a normal user's session falls back to the host's
+//! mount namespace: its FUSE mounts go through the setuid `fusermount3` (in its private
+//! runtime directory) and the sandbox needs a setuid bwrap.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -10,9 +14,25 @@ use anyhow::Context;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 
+/// Where a session's mounts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Private namespaces: nothing is seen on the host.
+    Namespaces,
+    /// The host's mount namespace (user namespaces refused): mounts through `fusermount3`.
+    Host,
+}
+
+/// A setuid-root `fusermount3` in `PATH`, which lets a user mount FUSE file systems
+/// without a user namespace.
+pub fn setuid_fusermount() -> Option<std::path::PathBuf> {
+    crate::places::find_program("fusermount3")
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o4000 != 0))
+}
+
 /// Creates the session's namespaces in the calling (single-threaded) process.
 /// `uid`/`gid` are the caller's ids outside; inside a new user namespace they become 0.
-pub fn create(uid: u32, gid: u32) -> anyhow::Result<()> {
+pub fn create(uid: u32, gid: u32) -> anyhow::Result<Isolation> {
     if uid == 0 {
         unshare(CloneFlags::CLONE_NEWNS).context("cannot create a mount namespace")?;
     } else {
@@ -23,12 +43,19 @@ pub fn create(uid: u32, gid: u32) -> anyhow::Result<()> {
         } else {
             unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         };
-        created.map_err(|e| {
+        if let Err(e) = created {
+            // Without one, a setuid fusermount3 can mount and a setuid bwrap can sandbox.
+            if setuid_fusermount().is_some() && crate::tools::setuid_bwrap().is_ok() {
+                crate::debug::log(format!(
+                    "daemon: no user namespace ({e}); mounting through fusermount3 in the host's mount namespace"
+                ));
+                return Ok(Isolation::Host);
+            }
             let (by, fix) = userns_hint();
-            anyhow::anyhow!(
-                "cannot create a user namespace ({e}): unprivileged user namespaces are disabled on this system{by}, and the sandbox needs them; {fix}"
-            )
-        })?;
+            anyhow::bail!(
+                "cannot create a user namespace ({e}): unprivileged user namespaces are disabled on this system{by}, and there is no setuid fusermount3 and setuid bwrap (FIM_BWRAP) to do without them; {fix}"
+            );
+        }
         // A process may map only its own ids into a namespace it created, and must give up
         // setgroups(2) before it may write a gid map.
         std::fs::write("/proc/self/setgroups", "deny").context("writing /proc/self/setgroups")?;
@@ -45,7 +72,7 @@ pub fn create(uid: u32, gid: u32) -> anyhow::Result<()> {
         None::<&str>,
     )
     .context("cannot make the mount namespace private")?;
-    Ok(())
+    Ok(Isolation::Namespaces)
 }
 
 /// Test-only switch: with `1`, a normal user's launcher treats the creation of a user
@@ -75,8 +102,9 @@ fn userns_hint() -> (String, String) {
 }
 
 /// Moves the calling (single-threaded) process into the namespaces of session process
-/// `pid`: its user namespace when it has its own, then its mount namespace.
-pub fn join(pid: i32) -> anyhow::Result<()> {
+/// `pid`: its user namespace when it has its own, then its mount namespace. A session in
+/// the host's namespaces has nothing to join.
+pub fn join(pid: i32) -> anyhow::Result<Isolation> {
     let open = |kind: &str| {
         let path = format!("/proc/{pid}/ns/{kind}");
         File::open(&path).with_context(|| format!("cannot open {path}"))
@@ -84,10 +112,17 @@ pub fn join(pid: i32) -> anyhow::Result<()> {
     let theirs = open("user")?;
     let ours = File::open("/proc/self/ns/user").context("cannot open /proc/self/ns/user")?;
     let mnt = open("mnt")?;
+    let our_mnt = File::open("/proc/self/ns/mnt").context("cannot open /proc/self/ns/mnt")?;
+    if theirs.metadata()?.ino() == ours.metadata()?.ino()
+        && mnt.metadata()?.ino() == our_mnt.metadata()?.ino()
+    {
+        // A session in the host's mount namespace: nothing to join.
+        return Ok(Isolation::Host);
+    }
     if theirs.metadata()?.ino() != ours.metadata()?.ino() {
         setns(&theirs, CloneFlags::CLONE_NEWUSER)
             .context("cannot join the session's user namespace")?;
     }
     setns(&mnt, CloneFlags::CLONE_NEWNS).context("cannot join the session's mount namespace")?;
-    Ok(())
+    Ok(Isolation::Namespaces)
 }

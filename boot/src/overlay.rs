@@ -25,6 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::debug;
 use crate::markers::{self, Format};
+use crate::namespaces::Isolation;
 use crate::places::{Places, find_program};
 
 /// Test-only switch: with `1`, the daemon treats the kernel overlay mount as refused
@@ -72,9 +73,11 @@ pub struct Mounted {
 pub fn mount_view(
     places: &Places,
     lower: &Path,
-    uid: u32,
+    ids: (u32, u32),
+    isolation: Isolation,
     wanted: Overlay,
 ) -> anyhow::Result<Mounted> {
+    let fuse = FuseContext { ids, isolation };
     if wanted != Overlay::Bwrap {
         let tool = tool(wanted).context("a FUSE backend has a tool")?;
         let program = find_program(tool.program).with_context(|| {
@@ -83,7 +86,7 @@ pub fn mount_view(
                 tool.program, tool.program, tool.package
             )
         })?;
-        let helper = mount_fuse(places, lower, uid, wanted, &program)?;
+        let helper = mount_fuse(places, lower, fuse, wanted, &program)?;
         return Ok(Mounted {
             overlay: wanted,
             notice: None,
@@ -111,7 +114,7 @@ pub fn mount_view(
             failures.push(format!("{} is not installed", tool.program));
             continue;
         };
-        match mount_fuse(places, lower, uid, fallback, &program) {
+        match mount_fuse(places, lower, fuse, fallback, &program) {
             Ok(helper) => {
                 return Ok(Mounted {
                     overlay: fallback,
@@ -220,13 +223,21 @@ impl Helper {
 }
 
 /// Starts the FUSE backend `overlay` on `places.root` and returns once it is mounted.
+/// Who mounts a FUSE backend, and where.
+#[derive(Debug, Clone, Copy)]
+struct FuseContext {
+    ids: (u32, u32),
+    isolation: Isolation,
+}
+
 fn mount_fuse(
     places: &Places,
     lower: &Path,
-    uid: u32,
+    context: FuseContext,
     overlay: Overlay,
     program: &Path,
 ) -> anyhow::Result<Helper> {
+    let (uid, gid) = context.ids;
     prepare_upper(places, lower, overlay)?;
     let _step = debug::Step::new(format!("daemon: mount the overlay ({overlay})"));
     let lower = option_path(lower)?;
@@ -241,21 +252,23 @@ fn mount_fuse(
                 .create(&work)
                 .with_context(|| format!("cannot create {}", work.display()))?;
             // A user is root in the session's namespace: show every file as theirs, as
-            // the kernel overlay's FUSE layer does.
-            let squash = if uid == 0 {
-                ""
-            } else {
-                ",squash_to_uid=0,squash_to_gid=0"
+            // the kernel overlay's FUSE layer does. In the host's namespace (through
+            // fusermount3) they are themselves, and others may not look in.
+            let extra = match (context.isolation, uid) {
+                (Isolation::Host, _) => format!(",squash_to_uid={uid},squash_to_gid={gid}"),
+                (Isolation::Namespaces, 0) => ",allow_other".into(),
+                (Isolation::Namespaces, _) => ",allow_other,squash_to_uid=0,squash_to_gid=0".into(),
             };
             args.push(
-                format!(
-                    "lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs,allow_other{squash}"
-                )
-                .into(),
+                format!("lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs{extra}")
+                    .into(),
             );
         }
         Overlay::Unionfs => {
-            args.push("cow,hide_meta_files,allow_other,use_ino".into());
+            args.push(match context.isolation {
+                Isolation::Namespaces => "cow,hide_meta_files,allow_other,use_ino".into(),
+                Isolation::Host => "cow,hide_meta_files,use_ino".into(),
+            });
             args.push(format!("upper=RW:{lower}=RO").into());
         }
         Overlay::Bwrap => bail!("the kernel overlay has no FUSE backend"),

@@ -57,11 +57,17 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         layer_stack::extra_layers(&places.data)?
     };
     let membership = session::connect(&image, &extras, &places, (uid, gid), overlay)?;
-    {
+    let isolation = {
         let _step = Step::new("join the session's namespaces");
-        namespaces::join(membership.daemon)?;
-    }
-    let bwrap = tools::bwrap(&image)?;
+        namespaces::join(membership.daemon)?
+    };
+    // Without a user namespace, only a setuid bwrap can build the sandbox.
+    let host_mounts = isolation == namespaces::Isolation::Host;
+    let bwrap = if host_mounts {
+        tools::setuid_bwrap()?
+    } else {
+        tools::bwrap(&image)?
+    };
     debug::log(format!(
         "bwrap: {} ({:?})",
         bwrap.path.display(),
@@ -148,7 +154,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     );
     let sandbox = Sandbox {
         root: places.root.clone(),
-        user: sandbox_user(&launch, uid, &identity),
+        user: sandbox_user(&launch, uid, &identity).filter(|_| !host_mounts),
         network: grants.network,
         unshare: config.unshare(),
         host_dev: grants.host_dev,

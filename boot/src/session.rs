@@ -153,10 +153,15 @@ pub fn connect(
         }
     }
     // What a dead daemon left: its socket and the empty mount points (its mounts died
-    // with its namespace).
-    places
-        .remove_session_files()
-        .context("cannot clear a stale session")?;
+    // with its namespace, unless it had to mount in the host's, through fusermount3).
+    if places.remove_session_files().is_err() {
+        for mount_point in [&places.root, &places.layers] {
+            daemon::fusermount_detach(mount_point);
+        }
+        places
+            .remove_session_files()
+            .context("cannot clear a stale session")?;
+    }
     let _step = Step::new("start the session daemon");
     let stream = daemon::spawn(image, extras, places, (uid, gid), &identity, wanted)?;
     match greeting(stream)? {

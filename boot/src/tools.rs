@@ -63,6 +63,31 @@ pub fn bwrap(image: &Image) -> anyhow::Result<Bwrap> {
     })
 }
 
+/// A setuid-root bwrap (`FIM_BWRAP`, else `bwrap` from `PATH`), for hosts that refuse
+/// user namespaces: the only way to build the sandbox there.
+pub fn setuid_bwrap() -> anyhow::Result<Bwrap> {
+    use std::os::unix::fs::MetadataExt;
+    let (path, origin) = match std::env::var_os("FIM_BWRAP").filter(|p| !p.is_empty()) {
+        Some(path) => (PathBuf::from(path), Origin::Environment),
+        None => (
+            crate::places::find_program("bwrap").unwrap_or_else(|| PathBuf::from("bwrap")),
+            Origin::Host,
+        ),
+    };
+    let setuid = std::fs::metadata(&path).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o4000 != 0);
+    if !setuid {
+        bail!(
+            "user namespaces are refused here, so the sandbox needs a setuid-root bwrap, and {} is not one: allow unprivileged user namespaces, or install a setuid bwrap and point FIM_BWRAP at it",
+            path.display()
+        );
+    }
+    Ok(Bwrap {
+        path,
+        origin,
+        _memfd: None,
+    })
+}
+
 /// An executable, sealed, close-on-exec memfd holding `bytes`.
 fn sealed_memfd(name: &str, bytes: &[u8]) -> anyhow::Result<File> {
     let cname = CString::new(name)?;

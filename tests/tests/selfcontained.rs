@@ -336,3 +336,68 @@ fn refused_user_namespaces_are_named_with_the_fix() {
         out.stderr
     );
 }
+
+/// A setuid-root copy of the host's bwrap in `dir`, if this machine allows one there.
+fn setuid_bwrap(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = which("bwrap")?;
+    let copy = dir.join("setuid-bwrap");
+    std::fs::copy(host, &copy).ok()?;
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).ok()?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).ok()?;
+    // A nosuid mount would ignore the bit.
+    let path = std::ffi::CString::new(copy.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs for the kernel to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a live statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0 && stat.f_flag & libc::ST_NOSUID == 0).then_some(copy)
+}
+
+#[test]
+fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
+    if !fim_tests::is_root() {
+        skip("no user namespaces: making a setuid bwrap needs root");
+        return;
+    }
+    let Some(app) = App::new("fusermount_path", Who::User) else {
+        return;
+    };
+    if which("fuse-overlayfs").is_none() || which("fusermount3").is_none() {
+        skip("no user namespaces: fuse-overlayfs or fusermount3 is not installed");
+        return;
+    }
+    let Some(bwrap) = setuid_bwrap(app.dir.path()) else {
+        skip("no user namespaces: a setuid bwrap cannot be made here");
+        return;
+    };
+    let refused = |args: &[&str]| {
+        run(app
+            .command(args)
+            .env("FIM_TEST_REFUSE_USERNS", "1")
+            .env("FIM_BWRAP", &bwrap))
+    };
+    let out = refused(&["fim-exec", "sh", "-c", "echo up > /data/up; id -u"]);
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), app.uid.to_string());
+    assert!(
+        out.stderr.contains("using fuse-overlayfs"),
+        "{}",
+        out.stderr
+    );
+    let out = refused(&["fim-exec", "cat", "/data/up"]);
+    out.assert_ok();
+    assert_eq!(out.stdout, "up\n");
+    // The session's mounts are the host's while it runs, and gone when it ends.
+    checks::wait_for_the_session_to_end(&app);
+    assert!(
+        fim_tests::sandbox::host_mounts_mentioning(&app.runtime_dir()).is_empty(),
+        "the session's fusermount3 mounts outlived it"
+    );
+    // Without a setuid bwrap there is no sandbox: one line says why and what to do.
+    let out = run(app
+        .command(["fim-exec", "true"])
+        .env("FIM_TEST_REFUSE_USERNS", "1")
+        .env("FIM_BWRAP", which("bwrap").expect("bwrap")));
+    out.assert_clean_failure("app.flatimage: cannot create a user namespace (EPERM");
+}
