@@ -9,15 +9,16 @@
 //! directory, never lost and never committed twice.
 
 use std::fs::{self, DirBuilder, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use fim_image::{ChangeLock, Image, ImageWriter};
-use fim_layers::{BlockCache, BuildOptions, NoProgress, Stack, WhiteoutFormat, build_layer, hex};
+use fim_layers::{BlockCache, BuildOptions, NoProgress, Stack, WhiteoutFormat, hex};
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::durable;
 use crate::layer_stack::{self, StackLower};
 use crate::markers::{self, Format};
 use crate::places::Places;
@@ -27,9 +28,6 @@ use crate::session;
 const JOURNAL: &str = "commit-journal";
 /// Where the committed upper directory waits to be removed.
 const COMMITTED: &str = "upper.committed";
-/// Prefix of a managed layer being written.
-const MANAGED_TEMP: &str = ".commit-";
-
 /// Test-only switch: `FIM_TEST_COMMIT_CRASH=POINT` ends the commit process at once, as a
 /// SIGKILL would, at POINT: `sealed` (the new layer is written), `journaled` (the journal
 /// too), `persisted` (the layer is in place) or `moved` (the old upper directory is set
@@ -115,10 +113,10 @@ pub fn commit(places: &Places, target: &Target) -> anyhow::Result<String> {
         ..BuildOptions::default()
     };
     let no_space = |e: anyhow::Error| {
+        // Every error on the way keeps the io::Error as its source.
         let full = e.chain().any(|c| {
             c.downcast_ref::<io::Error>()
                 .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
-                || c.to_string().contains("No space left on device")
         });
         if full {
             e.context("no space left on the device: free some, then commit again (the image and your changes are unchanged)")
@@ -157,8 +155,9 @@ pub fn commit(places: &Places, target: &Target) -> anyhow::Result<String> {
                 .recursive(true)
                 .create(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            let (temp, digest, bytes) =
-                build_file(&places.upper, &dir, &options).map_err(no_space)?;
+            let (temp, stats) =
+                layer_stack::write_layer_file(&places.upper, &dir, &options).map_err(no_space)?;
+            let (digest, bytes) = (stats.digest, stats.layer_size);
             let name = next_managed_name(&dir)?;
             crash_point("sealed");
             write_journal(&places.data, &digest).map_err(no_space)?;
@@ -166,24 +165,22 @@ pub fn commit(places: &Places, target: &Target) -> anyhow::Result<String> {
             let path = dir.join(&name);
             temp.persist(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            sync_dir(&dir);
+            durable::sync_dir(&dir);
             crash_point("persisted");
             empty_upper(places)?;
             Ok(format!("committed to {} ({})", path.display(), size(bytes)))
         }
         Target::File(path) => {
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            let (temp, _, bytes) = build_file(&places.upper, dir, &options).map_err(no_space)?;
+            let dir = durable::dir_of(path);
+            let (temp, stats) =
+                layer_stack::write_layer_file(&places.upper, dir, &options).map_err(no_space)?;
             temp.persist(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            sync_dir(dir);
+            durable::sync_dir(dir);
             Ok(format!(
                 "wrote {} ({}); the upper directory is unchanged",
                 path.display(),
-                size(bytes)
+                size(stats.layer_size)
             ))
         }
     }
@@ -195,24 +192,6 @@ fn size(bytes: u64) -> String {
         1024..1048576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
         _ => format!("{:.1} MiB", bytes as f64 / 1048576.0),
     }
-}
-
-/// Builds a layer from `upper` into a synced temporary file in `dir`.
-fn build_file(
-    upper: &Path,
-    dir: &Path,
-    options: &BuildOptions,
-) -> anyhow::Result<(tempfile::TempPath, [u8; 32], u64)> {
-    let temp = tempfile::Builder::new()
-        .prefix(MANAGED_TEMP)
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    let stats = build_layer(upper, temp.as_file(), 0, options, &NoProgress)?;
-    let file = temp.as_file();
-    file.set_permissions(fs::Permissions::from_mode(0o644))
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temp.path().display()))?;
-    Ok((temp.into_temp_path(), stats.digest, stats.layer_size))
 }
 
 /// `N.layer` for the next number after the managed layers already there.
@@ -230,16 +209,7 @@ fn next_managed_name(dir: &Path) -> anyhow::Result<String> {
 }
 
 fn write_journal(data: &Path, digest: &[u8; 32]) -> anyhow::Result<()> {
-    let path = data.join(JOURNAL);
-    let temporary = data.join(format!("{JOURNAL}.new"));
-    let write = || -> io::Result<()> {
-        let mut file = File::create(&temporary)?;
-        file.write_all(format!("{}\n", hex(digest)).as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temporary, &path)?;
-        File::open(data)?.sync_all()
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    durable::replace_file(data, JOURNAL, &format!("{}\n", hex(digest)))
 }
 
 /// Finishes or forgets a commit that was interrupted. The caller holds the data directory.
@@ -276,7 +246,7 @@ pub fn recover(places: &Places, image: &Image) -> anyhow::Result<()> {
             if entry
                 .file_name()
                 .to_string_lossy()
-                .starts_with(MANAGED_TEMP)
+                .starts_with(layer_stack::TEMP_PREFIX)
             {
                 let _ = fs::remove_file(entry.path());
             }
@@ -321,14 +291,8 @@ fn empty_upper(places: &Places) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
     }
-    sync_dir(&places.data);
+    durable::sync_dir(&places.data);
     fs::remove_dir_all(&committed).with_context(|| format!("cannot remove {}", committed.display()))
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 fn is_empty(dir: &Path) -> anyhow::Result<bool> {
@@ -387,14 +351,7 @@ fn user_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut found = Vec::new();
     for name in xattr::list(path)? {
         let bytes = name.as_bytes();
-        if [
-            &b"trusted.overlay."[..],
-            b"user.overlay.",
-            b"user.fuseoverlayfs.",
-        ]
-        .iter()
-        .any(|p| bytes.starts_with(p))
-        {
+        if fim_layers::scan::is_overlay_private_xattr(bytes) {
             continue;
         }
         if let Some(value) = xattr::get(path, &name)? {

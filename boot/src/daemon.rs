@@ -515,7 +515,7 @@ fn remove_session_files(places: &Places) {
 }
 
 /// A poll timeout of at least one millisecond.
-fn millis(d: Duration) -> PollTimeout {
+pub fn millis(d: Duration) -> PollTimeout {
     let ms = d.as_millis().clamp(1, u128::from(u16::MAX)) as u16;
     PollTimeout::from(ms)
 }

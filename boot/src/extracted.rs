@@ -37,14 +37,9 @@ pub fn needed() -> Option<String> {
 
 /// The cache directory of the layers with `identity`.
 fn cache_dir(identity: &str) -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .filter(|h| h.is_absolute())
-            .map(|h| h.join(".cache"))
-            .context("FUSE is unavailable, and neither XDG_CACHE_HOME nor HOME is set for the extraction cache")?,
-    };
+    let base = crate::places::xdg_base("XDG_CACHE_HOME", ".cache").context(
+        "FUSE is unavailable, and neither XDG_CACHE_HOME nor HOME is set for the extraction cache",
+    )?;
     Ok(base.join("fim").join("extract").join(identity))
 }
 

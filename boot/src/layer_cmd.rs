@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use fim_image::{ChangeLock, Image, ImageWriter};
-use fim_layers::{BlockCache, BuildOptions, Layer, NoProgress, Stack, build_layer, extract, hex};
+use fim_layers::{BlockCache, BuildOptions, Layer, Stack, extract, hex};
 
 use crate::commit::{self, Target};
+use crate::durable;
 use crate::layer_stack::{self, LayerFile, Origin};
 use crate::places::Places;
 
@@ -57,26 +58,11 @@ fn create(dir: &Path, out: &Path) -> anyhow::Result<String> {
     if !dir.is_dir() {
         bail!("fim-layer create: {} is not a directory", dir.display());
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".fim-layer-")
-        .tempfile_in(parent)
-        .with_context(|| format!("cannot create a file in {}", parent.display()))?;
-    let mut options = BuildOptions::default();
-    // Never pack the output into itself.
-    if let Ok(meta) = temp.as_file().metadata() {
-        use std::os::unix::fs::MetadataExt;
-        options.exclude.push((meta.dev(), meta.ino()));
-    }
-    let stats = build_layer(dir, temp.as_file(), 0, &options, &NoProgress)?;
-    temp.as_file()
-        .sync_all()
-        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+    let parent = durable::dir_of(out);
+    let (temp, stats) = layer_stack::write_layer_file(dir, parent, &BuildOptions::default())?;
     temp.persist(out)
         .with_context(|| format!("cannot create {}", out.display()))?;
+    durable::sync_dir(parent);
     Ok(format!(
         "created {}: {} entries, {} bytes, digest {}",
         out.display(),

@@ -8,13 +8,16 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use fim_image::Image;
-use fim_layers::{BlockCache, Entry, Layer, ROOT, Stack};
+use fim_layers::{
+    BlockCache, BuildOptions, BuildStats, Entry, Layer, NoProgress, ROOT, Stack, build_layer,
+};
 use memmap2::Mmap;
 
 use crate::markers::{Lower, LowerEntry};
@@ -72,6 +75,32 @@ impl LayerFile {
         };
         Ok((me, layer))
     }
+}
+
+/// Prefix of a layer file being written (skipped by [`layer_files`] as a dotfile; the
+/// managed directory's leftovers are removed by the next commit).
+pub const TEMP_PREFIX: &str = ".new-layer-";
+
+/// Builds a layer from `source` into a synced temporary file in `dir` (mode 0644), to be
+/// renamed into place by the caller; the temporary itself is never packed.
+pub fn write_layer_file(
+    source: &Path,
+    dir: &Path,
+    options: &BuildOptions,
+) -> anyhow::Result<(tempfile::TempPath, BuildStats)> {
+    let temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let mut options = options.clone();
+    let meta = temp.as_file().metadata()?;
+    options.exclude.push((meta.dev(), meta.ino()));
+    let stats = build_layer(source, temp.as_file(), 0, &options, &NoProgress)?;
+    let file = temp.as_file();
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+    Ok((temp.into_temp_path(), stats))
 }
 
 /// The managed layers directory of a data directory.

@@ -6,6 +6,7 @@ mod commands;
 mod commit;
 mod daemon;
 mod debug;
+mod durable;
 mod environment;
 mod expand;
 mod extracted;

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use fim_reserved::Overlay;
+
+use crate::durable;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 /// The opaque-directory xattr of the kernel overlay mounted with `userxattr`; fuse-overlayfs
@@ -196,17 +198,8 @@ pub fn convert(
 
 /// Replaces the record atomically.
 fn record(data: &Path, formats: &BTreeSet<Format>) -> anyhow::Result<()> {
-    let path = data.join(RECORD);
-    let temporary = data.join(format!("{RECORD}.new"));
     let text: Vec<&str> = formats.iter().map(|f| f.name()).collect();
-    let write = || -> io::Result<()> {
-        let mut file = File::create(&temporary)?;
-        file.write_all(format!("{}\n", text.join(" ")).as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temporary, &path)?;
-        File::open(data)?.sync_all()
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    durable::replace_file(data, RECORD, &format!("{}\n", text.join(" ")))
 }
 
 /// Adds the markers of `format` found in `upper` to `deletions` and `stored`.

@@ -21,8 +21,9 @@ use anyhow::{Context, bail};
 use fim_reserved::Overlay;
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 
+use crate::daemon::millis;
 use crate::debug;
 use crate::markers::{self, Format};
 use crate::namespaces::Isolation;
@@ -326,7 +327,7 @@ fn mount_fuse(
             PollFd::new(mountinfo.as_fd(), PollFlags::POLLPRI),
             PollFd::new(helper.pidfd.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, timeout(left)) {
+        match poll(&mut fds, millis(left)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e).context("cannot wait for the overlay backend"),
         }
@@ -361,7 +362,7 @@ fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) -> bool {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, timeout(left)) {
+        match poll(&mut fds, millis(left)) {
             Ok(n) if n > 0 => return true,
             Err(Errno::EINTR) if !left.is_zero() => continue,
             _ => return false,
@@ -369,21 +370,11 @@ fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) -> bool {
     }
 }
 
-fn timeout(left: Duration) -> PollTimeout {
-    let ms = left.as_millis().clamp(1, u128::from(u16::MAX)) as u16;
-    PollTimeout::from(ms)
-}
-
 /// An anonymous file for a backend's error output.
 fn memfd(name: &str) -> anyhow::Result<File> {
-    let name = std::ffi::CString::new(name.as_bytes())?;
-    // SAFETY: a valid C string; the result is checked before use.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot create a memfd");
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .context("cannot create a memfd")?;
+    Ok(File::from(fd))
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {

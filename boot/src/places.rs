@@ -181,24 +181,27 @@ fn writable(dir: &Path) -> bool {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
+/// `$VARIABLE` when it names an absolute path, else `$HOME/home_relative` (the XDG base
+/// directory rule); `None` without either.
+pub fn xdg_base(variable: &str, home_relative: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable).map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => Some(dir),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_absolute())
+            .map(|h| h.join(home_relative)),
+    }
+}
+
 /// `$XDG_DATA_HOME/fim/<name>-<hash of the image's path>` (`XDG_DATA_HOME` defaults to
 /// `~/.local/share`): where an image in a read-only place keeps its changes.
 pub fn fallback_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        _ => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|h| h.is_absolute())
-                .with_context(|| {
-                    format!(
-                        "the directory of {} is read-only and neither XDG_DATA_HOME nor HOME is set: set FIM_DIR_DATA",
-                        image.display()
-                    )
-                })?;
-            home.join(".local/share")
-        }
-    };
+    let base = xdg_base("XDG_DATA_HOME", ".local/share").with_context(|| {
+        format!(
+            "the directory of {} is read-only and neither XDG_DATA_HOME nor HOME is set: set FIM_DIR_DATA",
+            image.display()
+        )
+    })?;
     let canonical = image.canonicalize().unwrap_or_else(|_| image.to_path_buf());
     let name = image
         .file_name()

@@ -51,11 +51,7 @@ pub fn bwrap(image: &Image) -> anyhow::Result<Bwrap> {
             )),
         }
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("bwrap"))
-        .find(|p| p.is_file())
-        .context("bubblewrap is not available: the image embeds none and there is no bwrap in PATH; install the bubblewrap package, or set FIM_BWRAP")?;
+    let found = crate::places::find_program("bwrap").context("bubblewrap is not available: the image embeds none and there is no bwrap in PATH; install the bubblewrap package, or set FIM_BWRAP")?;
     Ok(Bwrap {
         path: found,
         origin: Origin::Host,

@@ -34,6 +34,11 @@ const OVERLAY_PRIVATE_PREFIXES: [&[u8]; 3] = [
     b"user.fuseoverlayfs.",
 ];
 
+/// Whether xattr `name` is an overlay implementation's bookkeeping rather than user data.
+pub fn is_overlay_private_xattr(name: &[u8]) -> bool {
+    OVERLAY_PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// Where a regular file's bytes are on the host, as runs of data (holes omitted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -240,8 +245,7 @@ impl Scanner<'_> {
                     flags |= FLAG_OPAQUE;
                 }
             }
-            xattrs
-                .retain(|(name, _)| !OVERLAY_PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p)));
+            xattrs.retain(|(name, _)| !is_overlay_private_xattr(name));
         }
         let symlink_target = if ft.is_symlink() {
             fs::read_link(path)

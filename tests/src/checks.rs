@@ -107,12 +107,17 @@ pub fn wait_for(ready: impl Fn() -> bool, what: &str) {
 
 /// Waits for the session of `app` (its linger included) to end.
 pub fn wait_for_the_session_to_end(app: &App) {
-    wait_for(
-        || {
-            std::fs::read_dir(app.runtime_dir())
-                .map(|d| d.flatten().all(|e| e.file_name() == "lock"))
-                .unwrap_or(true)
-        },
-        "the session's end",
-    );
+    wait_for(|| session_dirs(app).is_empty(), "the session's end");
+}
+
+/// The sessions' directories in the app's runtime directory (all but the lock file).
+pub fn session_dirs(app: &App) -> Vec<String> {
+    std::fs::read_dir(app.runtime_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lock")
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -4,7 +4,8 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A fresh temporary directory under the system temp dir, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
@@ -200,4 +201,25 @@ pub fn put(root: &Path, rel: impl AsRef<Path>, content: &[u8]) -> std::path::Pat
     std::fs::write(&path, content)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
+}
+
+/// A mount made for a test (`mount ARGS TARGET`), lazily unmounted when dropped.
+pub struct HostMount(PathBuf);
+
+impl HostMount {
+    /// `None` when this machine refuses the mount.
+    pub fn new(args: &[&str], target: &Path) -> Option<HostMount> {
+        let ok = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| HostMount(target.to_path_buf()))
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }

@@ -5,9 +5,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fim_tests::fsutil::HostMount;
 use fim_tests::sandbox::{App, Who};
 use fim_tests::{Rng, checks, is_root, skip, which};
 
@@ -379,15 +380,6 @@ fn a_commit_killed_at_any_moment_loses_nothing_and_commits_nothing_twice() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// A tmpfs mounted for a test, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_commit_onto_a_full_disk_fails_cleanly() {
     if !is_root() {
@@ -402,17 +394,13 @@ fn a_commit_onto_a_full_disk_fails_cleanly() {
     std::fs::create_dir(&disk).expect("mkdir");
     // Room for the image and a 3 MiB change, not for a second image holding both.
     let size = image_size + (4 << 20);
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}")])
-        .arg("tmpfs")
-        .arg(&disk)
-        .status()
-        .expect("mount");
-    if !status.success() {
+    let Some(_disk) = HostMount::new(
+        &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+        &disk,
+    ) else {
         skip("full disk: cannot mount a tmpfs here");
         return;
-    }
-    let _disk = SmallDisk(disk.clone());
+    };
     let image = disk.join("app.flatimage");
     std::fs::copy(&app.image, &image).expect("copy");
     let run = |args: &[&str]| fim_tests::run(&mut app.program(&image, args));

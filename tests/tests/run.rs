@@ -327,17 +327,6 @@ fn a_bare_launcher_refuses_to_run() {
 }
 
 /// Entries of the app's runtime directory other than lock files: a live session's.
-fn session_dirs(app: &App) -> Vec<String> {
-    std::fs::read_dir(app.runtime_dir())
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock")
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_clean_exit_keeps_the_session_briefly_for_a_relaunch() {
     let Some(app) = App::new("linger", Who::Invoker) else {
@@ -345,7 +334,7 @@ fn a_clean_exit_keeps_the_session_briefly_for_a_relaunch() {
     };
     app.sh("true").assert_ok();
     assert_eq!(
-        session_dirs(&app).len(),
+        checks::session_dirs(&app).len(),
         1,
         "the session lingers after a clean exit"
     );
@@ -354,11 +343,11 @@ fn a_clean_exit_keeps_the_session_briefly_for_a_relaunch() {
     // The daemon removes its directories, then exits: wait for both.
     let image = app.image.to_string_lossy().into_owned();
     let start = Instant::now();
-    while !session_dirs(&app).is_empty() || !processes_with(&image).is_empty() {
+    while !checks::session_dirs(&app).is_empty() || !processes_with(&image).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the session outlived its linger time (directories {:?}, processes {:?})",
-            session_dirs(&app),
+            checks::session_dirs(&app),
             processes_with(&image)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -399,7 +388,7 @@ fn a_session_whose_directories_are_removed_ends() {
         return;
     };
     app.sh("true").assert_ok();
-    assert_eq!(session_dirs(&app).len(), 1, "the session lingers");
+    assert_eq!(checks::session_dirs(&app).len(), 1, "the session lingers");
     // What a test harness or a tmp cleaner does: remove the runtime and data directories.
     std::fs::remove_dir_all(app.tmp_dir()).expect("remove TMPDIR");
     std::fs::remove_dir_all(app.data_dir()).expect("remove the data directory");

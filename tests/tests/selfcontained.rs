@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use fim_tests::fsutil::HostMount;
 use fim_tests::image::inspect_json;
 use fim_tests::sandbox::{App, Who, base_image};
 use fim_tests::{build_with, checks, run, skip, tempdir, which};
@@ -161,24 +162,6 @@ fn a_damaged_embedded_bwrap_is_refused() {
     assert!(!verify.success(), "fim verify must fail");
 }
 
-/// Unmounts a test's mount when dropped.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount(args: &[&str], target: &Path) -> Option<Mounted> {
-    let ok = Command::new("mount")
-        .args(args)
-        .arg(target)
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then(|| Mounted(target.to_path_buf()))
-}
-
 #[test]
 fn from_a_read_only_directory_changes_go_to_the_per_user_data_directory() {
     if !fim_tests::is_root() {
@@ -192,7 +175,7 @@ fn from_a_read_only_directory_changes_go_to_the_per_user_data_directory() {
     std::fs::create_dir(&ro).expect("mkdir");
     let image = ro.join("app.flatimage");
     std::fs::copy(&app.image, &image).expect("copy");
-    let Some(_bind) = mount(&["--bind", &ro.to_string_lossy()], &ro) else {
+    let Some(_bind) = HostMount::new(&["--bind", &ro.to_string_lossy()], &ro) else {
         skip("read-only directory: bind mounts are not possible here");
         return;
     };
@@ -263,7 +246,8 @@ fn a_noexec_tmp_does_not_break_a_run() {
     };
     let tmp = app.dir.path().join("noexec");
     std::fs::create_dir(&tmp).expect("mkdir");
-    let Some(_tmpfs) = mount(&["-t", "tmpfs", "-o", "noexec,nosuid,nodev", "tmpfs"], &tmp) else {
+    let Some(_tmpfs) = HostMount::new(&["-t", "tmpfs", "-o", "noexec,nosuid,nodev", "tmpfs"], &tmp)
+    else {
         skip("noexec TMPDIR: cannot mount a tmpfs here");
         return;
     };
