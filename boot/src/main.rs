@@ -1,34 +1,28 @@
 //! The launcher at the head of every image. It reads its own payload (trailer, reserved
-//! block, layers) from `/proc/self/exe` and dispatches the `fim-*` commands.
+//! block, layers) from `/proc/self/exe` and routes `argv[1]` through the command table.
+//!
+//! The tree, top to bottom; a folder uses the ones below it, never one above:
+//!
+//! ```text
+//! commands/  one file per fim-* command, and the table that routes and explains them
+//! sandbox/   one run: identity, environment, permissions, binds, bubblewrap, supervision
+//! session/   the daemon per data directory, its greeting, namespaces and linger
+//! commit/    the upper directory becomes a layer, exactly once (the session daemon
+//!            finishes an interrupted one with its journal before it mounts)
+//! view/      what the app sees as /: the layer stack, its FUSE server, the overlay backends
+//! locks, places, tools, durable, debug: small pieces every folder may use
+//! ```
 
-mod binds;
 mod commands;
 mod commit;
-mod daemon;
 mod debug;
 mod durable;
-mod environment;
-mod expand;
-mod extracted;
-mod help;
-mod identity;
-mod inside;
-mod instance;
-mod layer_cmd;
-mod layer_stack;
-mod markers;
-mod namespaces;
-mod notify;
-mod overlay;
-mod perms;
+mod locks;
 mod places;
-mod run;
 mod sandbox;
 mod session;
-mod settings;
-mod shim;
-mod supervise;
 mod tools;
+mod view;
 
 use std::process::ExitCode;
 
@@ -38,8 +32,11 @@ pub const RUNTIME_ERROR: u8 = 125;
 fn main() -> ExitCode {
     open_standard_descriptors();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == shim::SHIM_COMMAND) {
-        return shim::exec(&args[1..]);
+    if args
+        .first()
+        .is_some_and(|a| a == sandbox::shim::SHIM_COMMAND)
+    {
+        return sandbox::shim::exec(&args[1..]);
     }
     match commands::dispatch(&args) {
         Ok(code) => code,

@@ -25,6 +25,8 @@ fim_tests::for_both!(
     the_app_sees_its_fim_variables_and_not_the_hosts,
     keeps_the_working_directory_when_it_exists_inside,
     launcher_descriptors_do_not_leak_into_the_app,
+    debug_output_ends_with_the_app_not_with_the_lingering_session,
+    help_on_the_default_shell_points_to_fim_help,
 );
 
 fn runs_a_command_and_prints_its_output(who: Who) {
@@ -324,6 +326,57 @@ fn a_bare_launcher_refuses_to_run() {
     let out = fim_tests::run(&mut std::process::Command::new(&launcher));
     out.assert_clean_failure("bare:");
     assert!(out.stderr.contains("carries no image"), "{}", out.stderr);
+}
+
+fn debug_output_ends_with_the_app_not_with_the_lingering_session(who: Who) {
+    let Some(app) = App::new("debug_pipe", who) else {
+        return;
+    };
+    // `output()` reads stdout and stderr to their end, as `2>&1 | tail` does: the session
+    // daemon, which lingers 2 s, must not hold them open.
+    let started = Instant::now();
+    let out = fim_tests::run(app.command(["fim-exec", "true"]).env("FIM_DEBUG", "1"));
+    let took = started.elapsed();
+    out.assert_ok();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the output ended {took:?} after the start, not with the app: {}",
+        out.stderr
+    );
+    assert_eq!(
+        checks::session_dirs(&app).len(),
+        1,
+        "the session still lingers after the output ended"
+    );
+    let log = app.data_dir().join("session.log");
+    assert!(
+        out.stderr
+            .contains(&format!("further lines go to {}", log.display())),
+        "{}",
+        out.stderr
+    );
+    // The session's later lines are in its log: its end among them.
+    checks::wait_for_the_session_to_end(&app);
+    let text = std::fs::read_to_string(&log).expect("session.log");
+    assert!(text.contains("fim: debug: daemon:"), "{text}");
+}
+
+fn help_on_the_default_shell_points_to_fim_help(who: Who) {
+    let Some(app) = App::new("help_hint", who) else {
+        return;
+    };
+    // No boot command stored: /bin/sh would answer "Illegal option --".
+    for flag in ["--help", "-h"] {
+        let out = app.run([flag]);
+        out.assert_ok();
+        assert!(
+            out.stdout.contains("fim-help") && !out.stderr.contains("Illegal option"),
+            "{flag}: {out:?}"
+        );
+    }
+    // A boot command of the image's own gets its arguments as they are.
+    app.run(["fim-boot", "set", "/bin/echo"]).assert_ok();
+    assert_eq!(app.run(["--help"]).stdout, "--help\n");
 }
 
 /// Entries of the app's runtime directory other than lock files: a live session's.

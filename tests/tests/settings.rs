@@ -404,8 +404,45 @@ fn help_lists_and_explains_every_command() {
             topic.stdout
         );
     }
+    // Every command of the list has a topic, and every summary is a whole sentence.
+    let listed = help_summaries(&all.stdout);
+    assert!(listed.len() >= commands.len(), "{}", all.stdout);
+    for (synopsis, summary) in &listed {
+        assert!(
+            summary.ends_with('.') && summary.starts_with(|c: char| c.is_ascii_uppercase()),
+            "{synopsis}: the summary is not a whole sentence: {summary:?}"
+        );
+        let name = synopsis.split(' ').next().unwrap_or_default();
+        let topic = app.run(["fim-help", name]);
+        topic.assert_ok();
+        assert!(
+            topic
+                .stdout
+                .starts_with(&format!("Usage: IMAGE {synopsis}\n")),
+            "{name}: {}",
+            topic.stdout
+        );
+    }
     let perms = app.run(["fim-help", "perms"]);
     for permission in ["home", "dbus_system", "optical", "all"] {
         assert!(perms.stdout.contains(permission), "{}", perms.stdout);
     }
+}
+
+/// The `(synopsis, summary)` pairs of `fim-help`'s list: a synopsis is a line indented by
+/// two spaces, its summary the lines indented by six below it, joined.
+fn help_summaries(text: &str) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(summary) = line.strip_prefix("      ") {
+            let (_, last) = pairs.last_mut().expect("a summary under a synopsis");
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(summary.trim());
+        } else if let Some(synopsis) = line.strip_prefix("  ") {
+            pairs.push((synopsis.to_string(), String::new()));
+        }
+    }
+    pairs
 }

@@ -1,12 +1,22 @@
 //! A session: one daemon per data directory holds the namespaces, the FUSE server and the
-//! overlay mount; every launcher of the image connects to it and joins its namespaces.
+//! writable view; every launcher of the image connects to it and joins its namespaces.
 //! The kernel refuses (or corrupts) two overlay mounts sharing an upper directory, so
 //! concurrent instances must share one mount. The daemon lives exactly as long as some
-//! launcher holds a connection: the last one to exit, or be killed, ends it.
+//! launcher holds a connection: the last one to exit, or be killed, ends it (after a
+//! short linger when it left normally).
+//!
+//! How it flows: a launcher takes the user's session lock, connects to the socket of the
+//! image's runtime directory (`connect`), and reads the daemon's greeting (`greeting`);
+//! with no live daemon it forks one (`daemon`), which creates the namespaces
+//! (`namespaces`), recovers an interrupted commit, and mounts the view (`crate::view`).
+//! The launcher then joins the daemon's namespaces and builds the sandbox there. A layer
+//! change asks a lingering session to make way first (`take_data`).
 
-use std::fs::{File, OpenOptions};
+pub mod daemon;
+pub mod greeting;
+pub mod namespaces;
+
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -17,78 +27,14 @@ use fim_reserved::Overlay;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use crate::daemon;
 use crate::debug::{self, Step};
-use crate::layer_stack::{self, LayerFile};
+use crate::locks::{DataLock, NoInstances, lock_file};
 use crate::places::Places;
+use crate::view::layer_stack::{self, LayerFile};
+use greeting::{Greeting, LEAVING, QUIT};
 
 /// How long a launcher waits for a live daemon to greet it.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The first line a daemon sends on every connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Greeting {
-    /// The mounts are up. `pid` is the daemon (whose namespaces to join), `image` the
-    /// identity of the layers it serves, `instances` the launchers connected, this one included.
-    /// `wanted` is the backend the session was started for, `used` the one that mounted
-    /// the view (they differ after a fallback).
-    Ready {
-        pid: i32,
-        image: String,
-        instances: u32,
-        wanted: Overlay,
-        used: Overlay,
-    },
-    /// The daemon could not set the session up; the text says why.
-    Failed(String),
-    /// Something the user should know, sent before `Ready` (one line).
-    Note(String),
-}
-
-impl Greeting {
-    pub fn encode(&self) -> String {
-        match self {
-            Greeting::Ready {
-                pid,
-                image,
-                instances,
-                wanted,
-                used,
-            } => format!("ready {pid} {image} {instances} {wanted} {used}\n"),
-            // One line, whatever the message held.
-            Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
-            Greeting::Note(what) => format!("note {}\n", what.replace('\n', " ")),
-        }
-    }
-
-    pub fn parse(line: &str) -> Option<Greeting> {
-        let line = line.strip_suffix('\n')?;
-        if let Some(why) = line.strip_prefix("failed ") {
-            return Some(Greeting::Failed(why.to_string()));
-        }
-        if let Some(what) = line.strip_prefix("note ") {
-            return Some(Greeting::Note(what.to_string()));
-        }
-        let mut words = line.strip_prefix("ready ")?.split(' ');
-        let pid = words.next()?.parse().ok().filter(|p| *p > 0)?;
-        let image = words.next().filter(|w| !w.is_empty())?.to_string();
-        let instances = words.next()?.parse().ok()?;
-        let wanted = words.next()?.parse().ok()?;
-        let used = words.next()?.parse().ok()?;
-        words.next().is_none().then_some(Greeting::Ready {
-            pid,
-            image,
-            instances,
-            wanted,
-            used,
-        })
-    }
-}
-
-/// Byte a launcher sends when its app ended normally, just before it leaves.
-pub const LEAVING: u8 = b'L';
-/// Byte the only launcher sends to make a session whose layers changed go away.
-pub const QUIT: u8 = b'Q';
 
 /// A launcher's membership in the session: dropping it (or dying) leaves the session.
 #[derive(Debug)]
@@ -156,7 +102,7 @@ pub fn connect(
     // with its namespace, unless it had to mount in the host's, through fusermount3).
     if places.remove_session_files().is_err() {
         for mount_point in [&places.root, &places.layers] {
-            daemon::fusermount_detach(mount_point);
+            crate::view::fusermount_detach(mount_point);
         }
         places
             .remove_session_files()
@@ -216,8 +162,29 @@ pub fn end_lingering(places: &Places) -> anyhow::Result<()> {
     }
 }
 
+/// Takes the data directory for a change of its upper directory: ends this user's
+/// lingering session, and refuses while another user's (or another `TMPDIR`'s) holds it.
+pub fn take_data(places: &Places) -> anyhow::Result<DataLock> {
+    end_lingering(places)?;
+    DataLock::try_take(places)?.with_context(|| {
+        format!(
+            "the data directory {} is in use by a session of another user or TMPDIR; close it, then try again",
+            places.data.display()
+        )
+    })
+}
+
+/// Refuses a layer change while instances of the image run on this data directory (each
+/// holds a shared lock); once granted, new instances wait until it is dropped.
+pub fn refuse_if_running(places: &Places) -> anyhow::Result<NoInstances> {
+    match NoInstances::try_take(places)? {
+        Some(lock) => Ok(lock),
+        None => Err(running_error(places, running_instances(places))),
+    }
+}
+
 /// How many instances this user's session of `places` serves, if it can be reached.
-pub fn running_instances(places: &Places) -> Option<u32> {
+fn running_instances(places: &Places) -> Option<u32> {
     let stream = connect_running(&places.socket).ok()??;
     // Leaving at once is safe: other members keep the session alive.
     let (member, _) = greeting(stream).ok()??;
@@ -225,7 +192,7 @@ pub fn running_instances(places: &Places) -> Option<u32> {
 }
 
 /// The refusal of a change while instances run.
-pub fn running_error(places: &Places, count: Option<u32>) -> anyhow::Error {
+fn running_error(places: &Places, count: Option<u32>) -> anyhow::Error {
     let image = places.image.display();
     match count {
         Some(n) if n > 0 => {
@@ -301,81 +268,6 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
             }
             Some(Greeting::Failed(why)) => bail!("{why}"),
             None => bail!("the session daemon sent a garbled greeting: {line:?}"),
-        }
-    }
-}
-
-/// Sends a greeting, ignoring a launcher that already went away.
-pub fn send(stream: &mut UnixStream, greeting: &Greeting) {
-    let _ = stream.write_all(greeting.encode().as_bytes());
-}
-
-/// Opens (creating) a lock file.
-pub fn lock_file(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Greeting;
-    use fim_reserved::Overlay;
-
-    #[test]
-    fn ready_round_trips() {
-        let g = Greeting::Ready {
-            pid: 42,
-            image: "00ff".into(),
-            instances: 3,
-            wanted: Overlay::Bwrap,
-            used: Overlay::Unionfs,
-        };
-        assert_eq!(g.encode(), "ready 42 00ff 3 bwrap unionfs\n");
-        assert_eq!(Greeting::parse(&g.encode()), Some(g));
-    }
-
-    #[test]
-    fn note_round_trips_as_one_line() {
-        let g = Greeting::Note("overlayfs mount refused (EPERM),\nusing unionfs-fuse".into());
-        assert_eq!(
-            Greeting::parse(&g.encode()),
-            Some(Greeting::Note(
-                "overlayfs mount refused (EPERM), using unionfs-fuse".into()
-            ))
-        );
-    }
-
-    #[test]
-    fn failure_stays_one_line() {
-        let g = Greeting::Failed("a\nb".into());
-        assert_eq!(g.encode(), "failed a b\n");
-        assert_eq!(
-            Greeting::parse(&g.encode()),
-            Some(Greeting::Failed("a b".into()))
-        );
-    }
-
-    #[test]
-    fn garbled_greetings_are_rejected() {
-        for bad in [
-            "",
-            "ready\n",
-            "ready 0 ab 1\n",
-            "ready -3 ab 1\n",
-            "ready 5 ab\n",
-            "ready 5 ab 1\n",
-            "ready 5 ab 1 bwrap\n",
-            "ready 5 ab 1 bwrap nonsense\n",
-            "ready 5 ab 1 bwrap bwrap extra\n",
-            "ready 5 ab 1 bwrap bwrap",
-            "hello\n",
-        ] {
-            assert_eq!(Greeting::parse(bad), None, "{bad:?}");
         }
     }
 }

@@ -8,8 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use fim_reserved::EnvVar;
 
-use crate::expand::expand;
-use crate::identity::{self, Identity};
+use super::expand::expand;
+use super::identity::{self, Identity};
 
 /// Host variables that pass into the sandbox unchanged, besides `LC_*`.
 pub const PASSED: &[&str] = &[

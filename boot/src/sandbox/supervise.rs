@@ -17,8 +17,8 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
+use super::shim::RELAYED;
 use crate::debug;
-use crate::shim::RELAYED;
 
 /// `si_code` of a signal the kernel sent, e.g. the terminal's Ctrl-C to the whole
 /// foreground process group, which the app received as well.

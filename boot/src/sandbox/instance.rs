@@ -218,7 +218,7 @@ pub fn exec(record: &Record, command: &[OsString]) -> anyhow::Result<ExitCode> {
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
     let status = child.wait().context("waiting for the program")?;
-    Ok(ExitCode::from(crate::supervise::exit_code(status)))
+    Ok(ExitCode::from(super::supervise::exit_code(status)))
 }
 
 /// Joins the namespaces of process `init` that differ from ours. A namespace can be

@@ -1,5 +1,6 @@
-//! The run path: join (or start) the image's session, enter its namespaces and run the
-//! command in bubblewrap over the session's writable view.
+//! One run of a command: join (or start) the image's session, enter its namespaces, work
+//! out who the app is and what it may reach, and run it in bubblewrap over the session's
+//! writable view until it exits.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -11,19 +12,22 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use fim_image::Image;
 use fim_reserved::Overlay;
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
+use super::bwrap::{Mount, SYSTEM_DIRS, Sandbox};
+use super::environment::{self, Env, RunFacts};
+use super::identity::{self, Identity};
+use super::inside::{mountable, mountable_at, open_inside, read_inside};
+use super::perms::{self, RealHost};
+use super::supervise::{self, Outcome};
+use super::{binds, instance, notify, shim};
 use crate::debug::{self, Step};
-use crate::environment::{self, Env, RunFacts};
-use crate::identity::{self, Identity};
-use crate::inside::{mountable, mountable_at, open_inside, read_inside};
-use crate::perms::{self, RealHost};
+use crate::locks::Running;
 use crate::places::Places;
-use crate::sandbox::{Mount, SYSTEM_DIRS, Sandbox};
-use crate::supervise::{self, Outcome};
-use crate::{binds, instance, layer_stack, namespaces, notify, session, shim, tools};
+use crate::session::{self, namespaces};
+use crate::tools;
+use crate::view::{Isolation, layer_stack};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -51,7 +55,13 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         Places::prepare(image.path(), uid)?
     };
     // Held until this launcher exits: layer changes wait for every running instance.
-    let (_running, image) = mark_running(&places, image)?;
+    let (_running, waited) = Running::mark(&places)?;
+    // A layer change may have replaced the image meanwhile.
+    let image = if waited {
+        Image::open(&places.image)?
+    } else {
+        image
+    };
     let extras = {
         let _step = Step::new("open the managed and FIM_LAYERS layers");
         layer_stack::extra_layers(&places.data)?
@@ -62,7 +72,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         namespaces::join(membership.daemon)?
     };
     // Without a user namespace, only a setuid bwrap can build the sandbox.
-    let host_mounts = isolation == namespaces::Isolation::Host;
+    let host_mounts = isolation == Isolation::Host;
     let bwrap = if host_mounts {
         tools::setuid_bwrap()?
     } else {
@@ -207,24 +217,6 @@ fn data_file(text: &str) -> anyhow::Result<File> {
         .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
         .context("cannot write a memfd")?;
     Ok(file)
-}
-
-/// Marks this launcher as a running instance: a shared lock that a layer change
-/// (`fim-layer commit`, `add`) takes exclusively. During such a change this waits, then
-/// opens the image anew: the change may have replaced it.
-fn mark_running(places: &Places, image: Image) -> anyhow::Result<(Flock<File>, Image)> {
-    let file = session::lock_file(&places.instances_lock)?;
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(lock) => Ok((lock, image)),
-        Err((file, Errno::EWOULDBLOCK)) => {
-            let _step = Step::new("wait for a layer change of the image to end");
-            let lock = Flock::lock(file, FlockArg::LockShared)
-                .map_err(|(_, e)| e)
-                .context("cannot lock the data directory")?;
-            Ok((lock, Image::open(&places.image)?))
-        }
-        Err((_, e)) => Err(e).context("cannot lock the data directory"),
-    }
 }
 
 /// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).

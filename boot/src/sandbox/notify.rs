@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork, setsid};
 
+use super::environment::Env;
 use crate::debug;
-use crate::environment::Env;
 use crate::places::find_program;
 
 /// Announces that `image` starts, if the host can show it.

@@ -20,7 +20,7 @@ use fim_layers::{
 };
 use memmap2::Mmap;
 
-use crate::markers::{Lower, LowerEntry};
+use super::markers::{Lower, LowerEntry};
 
 /// Where a layer comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! `fim-layer`: commit the upper directory as a layer, create a layer file from a
-//! directory, add one to the image, list the stack, extract one layer.
+//! directory, add one to the image, list the stack, extract one layer. The commit itself
+//! is `crate::commit`; this file takes the locks it needs and parses the words.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -9,21 +10,57 @@ use anyhow::{Context, bail};
 use fim_image::{ChangeLock, Image, ImageWriter};
 use fim_layers::{BlockCache, BuildOptions, Layer, Stack, extract, hex};
 
+use super::Command;
+use super::image::self_path;
 use crate::commit::{self, Target};
 use crate::durable;
-use crate::layer_stack::{self, LayerFile, Origin};
 use crate::places::Places;
+use crate::session;
+use crate::view::layer_stack::{self, LayerFile, Origin};
+
+pub const LAYER: Command = Command {
+    name: "fim-layer",
+    synopsis: "fim-layer commit [--to TARGET] | create DIR OUT | add FILE | list | extract N DIR",
+    summary: "Manage the image's read-only layers.",
+    help: "TARGET: image, layer, or file PATH.\n\
+           commit: turn your changes (the data directory's upper directory) into a new layer:\n\
+           appended to the image (default), saved as the next managed layer in\n\
+           .<image name>.data/layers/ (--to layer), or written to a layer file (--to file\n\
+           PATH, which leaves your changes where they are). Deleted files and replaced\n\
+           directories stay deleted and replaced. Your changes are emptied only once the\n\
+           layer is safely in place; interrupted at any moment, nothing is lost or committed\n\
+           twice. Files copied up but left unchanged are not stored again.\n\
+           create: write a layer file from a directory. add: append a layer file to the\n\
+           image after checking every byte of it. list: the stack, bottom first, with origin,\n\
+           size, entry count and digest. extract: one layer as stored (deletions as .wh.\n\
+           files) into a new directory.\n\
+           \n\
+           The stack, bottom first: the image's layers, the managed layers, then the layer\n\
+           files and directories of layer files named by FIM_LAYERS (colon-separated, in that\n\
+           order). In a directory, files are ordered by the number their name starts with\n\
+           (2.layer before 10.layer). commit and add refuse while instances of the image run\n\
+           (saying how many); instances started meanwhile wait for them to finish.",
+    run: Some(run),
+};
 
 const USAGE: &str = "usage: fim-layer commit [--to image|layer|file PATH] | fim-layer create DIR OUT | fim-layer add FILE | fim-layer list | fim-layer extract N DIR";
 
-pub fn run(image_path: &Path, args: &[OsString]) -> anyhow::Result<ExitCode> {
+fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let image_path = &self_path()?;
     let verb = args.first().and_then(|a| a.to_str());
     let rest = args.get(1..).unwrap_or_default();
     let places = || Places::prepare(image_path, nix::unistd::getuid().as_raw());
     match (verb, rest) {
         (Some("commit"), rest) => {
             let target = commit_target(rest)?;
-            println!("{}", commit::commit(&places()?, &target)?);
+            let places = places()?;
+            let change = ChangeLock::acquire(&places.image)?;
+            let instances = session::refuse_if_running(&places)?;
+            let data = session::take_data(&places)?;
+            println!(
+                "{}",
+                commit::commit(&places, (&change, &instances, &data), &target)?
+            );
         }
         (Some("create"), [dir, out]) => println!("{}", create(Path::new(dir), Path::new(out))?),
         (Some("add"), [file]) => println!("{}", add(&places()?, Path::new(file))?),
@@ -79,7 +116,7 @@ fn add(places: &Places, file: &Path) -> anyhow::Result<String> {
         .verify()
         .with_context(|| format!("{} is not a valid layer", file.display()))?;
     let change = ChangeLock::acquire(&places.image)?;
-    let _running = commit::refuse_if_running(places)?;
+    let _running = session::refuse_if_running(places)?;
     let image = Image::from_file(change.file(), &places.image)?;
     let mut writer = ImageWriter::extend(&image)?;
     writer.add_layer_bytes(&layer_file.map, layer_file.digest)?;

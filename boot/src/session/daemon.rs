@@ -1,38 +1,42 @@
-//! The session daemon, forked from the first launcher of an image. It creates the
-//! namespaces, serves the merged layers over FUSE, mounts the writable view on top with
-//! the chosen backend (see `overlay`) and then waits: every launcher holds a connection,
-//! and when the last one closes (exit or SIGKILL alike) the daemon unmounts, removes its
-//! directories and exits. No polling while instances run; the daemon sleeps in `poll`
-//! until a launcher comes or goes.
+//! The session daemon, forked from the first launcher of an image. It takes the data
+//! directory, finishes an interrupted commit, creates the namespaces, mounts the view
+//! (`crate::view`) and then waits: every launcher holds a connection, and when the last
+//! one closes (exit or SIGKILL alike) the daemon takes the view down, removes its
+//! directories and exits. After a normal exit of the last launcher it lingers a moment
+//! for a relaunch. No polling while instances run; the daemon sleeps in `poll` until a
+//! launcher comes or goes.
+//!
+//! It keeps nothing of the launcher's: not its terminal, not its descriptors, and not its
+//! standard error once the first launcher is served (under `FIM_DEBUG` its later lines go
+//! to `<data>/session.log`), so a pipe from a launcher closes when the launcher exits.
 
-use std::fs::{DirBuilder, File};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fim_image::Image;
-use fim_layers::fuse::{MountSettings, session as fuse_session};
 use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES};
 use fim_reserved::Overlay;
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
-use nix::mount::{MntFlags, umount2};
+use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, fork, setsid};
 
+use super::greeting::{Greeting, LEAVING, QUIT, send};
+use super::namespaces;
+use crate::commit::journal;
 use crate::debug;
-use crate::extracted;
-use crate::layer_stack::{self, LayerFile};
-use crate::namespaces;
-use crate::overlay::{self, Helper};
+use crate::locks::DataLock;
 use crate::places::Places;
-use crate::session::{Greeting, LEAVING, QUIT, lock_file, send};
+use crate::view::fuse_backend::millis;
+use crate::view::layer_stack::{self, LayerFile};
+use crate::view::{Layers, View};
 
 /// How long a session outlives its last launcher when that one ended normally: a
 /// relaunch within it finds the layers mounted and their caches warm. A launcher that was
@@ -119,20 +123,14 @@ struct Daemon<'a> {
     places: &'a Places,
     listener: UnixListener,
     signals: SignalFd,
-    /// The FUSE server of the layers and what becomes readable (hang-up) when it stops;
-    /// none when the layers are served from the extraction cache.
-    fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
+    /// The layers and the writable view over them.
+    view: View,
     /// Held for the daemon's life: one session per data directory.
-    data_lock: Flock<File>,
-    /// Whether the mounts are in namespaces of the session's own or the host's.
-    isolation: namespaces::Isolation,
-    /// The backend asked for, and the one that mounted the view.
+    data_lock: DataLock,
+    /// The backend asked for (the view's may differ after a fallback).
     wanted: Overlay,
-    used: Overlay,
-    /// Why `used` is not `wanted`, for the launcher that started the session.
+    /// Why the view's backend is not `wanted`, for the launcher that started the session.
     notice: Option<String>,
-    /// The FUSE backend's process, if the view is not the kernel overlay.
-    helper: Option<Helper>,
 }
 
 impl<'a> Daemon<'a> {
@@ -143,22 +141,15 @@ impl<'a> Daemon<'a> {
         identity: &str,
         wanted: Overlay,
     ) -> anyhow::Result<Self> {
-        let data_lock = Flock::lock(
-            lock_file(&places.data_lock)?,
-            FlockArg::LockExclusiveNonblock,
-        )
-        .map_err(|(_, e)| e);
-        let data_lock = match data_lock {
-            Ok(lock) => lock,
-            Err(Errno::EWOULDBLOCK) => bail!(
+        let Some(data_lock) = DataLock::try_take(places)? else {
+            bail!(
                 "the data directory {} is in use by another session of this image (another user, or another TMPDIR); close it first",
                 places.data.display()
-            ),
-            Err(e) => return Err(e).context("cannot lock the data directory"),
+            );
         };
         // A commit killed half way is finished (or forgotten) before the upper directory
         // is mounted again.
-        crate::commit::recover(places, layers.image)?;
+        journal::recover(places, layers.image)?;
         for dir in [
             &places.instance,
             &places.layers,
@@ -186,52 +177,17 @@ impl<'a> Daemon<'a> {
                 BlockCache::new(DEFAULT_CACHE_BYTES),
             )?
         };
-        // Without FUSE, the layers are extracted (as the user, before the namespaces) and
-        // the overlay sits on the extracted tree.
-        let extracted = match extracted::needed() {
-            Some(why) => {
-                extracted::refuse_fuse_backend(wanted, &why)?;
-                debug::log(format!(
-                    "daemon: {why}: serving the layers from the extraction cache"
-                ));
-                Some(extracted::tree(&stack, identity)?)
-            }
-            None => None,
-        };
-
+        // Without FUSE, the layers are extracted now: as the user, before the namespaces.
+        let served = Layers::prepare(stack, identity, wanted)?;
         let isolation = namespaces::create(uid, gid)?;
-
-        let (lower, mut fuse) = match extracted {
-            Some(tree) => (tree, None),
-            None => {
-                let (unmounter, stopped) = serve_fuse(stack, places, (uid, gid), isolation)?;
-                (places.layers.clone(), Some((unmounter, stopped)))
-            }
-        };
-        let unmount_fuse = |fuse: &mut Option<(fuser::SessionUnmounter, OwnedFd)>| {
-            if let Some((unmounter, _)) = fuse {
-                let _ = unmounter.unmount();
-            }
-        };
-
-        let view = match overlay::mount_view(places, &lower, (uid, gid), isolation, wanted) {
-            Ok(view) => view,
-            Err(e) => {
-                unmount_fuse(&mut fuse);
-                return Err(e);
-            }
-        };
+        let mut view = View::mount(served, places, (uid, gid), isolation, wanted)?;
 
         let listener = match UnixListener::bind(&places.socket)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
         {
             Ok(listener) => listener,
             Err(e) => {
-                detach_view(places, isolation);
-                if let Some(helper) = view.helper {
-                    helper.stop();
-                }
-                unmount_fuse(&mut fuse);
+                view.detach();
                 return Err(e)
                     .with_context(|| format!("cannot listen on {}", places.socket.display()));
             }
@@ -240,13 +196,10 @@ impl<'a> Daemon<'a> {
             places,
             listener,
             signals,
-            fuse,
             data_lock,
-            isolation,
             wanted,
-            used: view.overlay,
-            notice: view.notice,
-            helper: view.helper,
+            notice: view.notice.take(),
+            view,
         })
     }
 
@@ -257,6 +210,8 @@ impl<'a> Daemon<'a> {
             send(&mut first, &Greeting::Note(notice));
         }
         self.admit(first, &mut clients, identity);
+        // The first launcher has its answer: from now on, nothing of its stays open here.
+        log_elsewhere(self.places);
         let mut stopping = false;
         // Set while lingering after the last launcher left cleanly.
         let mut linger_until: Option<Instant> = None;
@@ -305,14 +260,12 @@ impl<'a> Daemon<'a> {
             let (listener_ready, signalled, fuse_gone, helper_gone, readable) = {
                 // Once the FUSE server or the backend stopped, their descriptors stay
                 // readable: watch them no more.
-                let fuse = match &self.fuse {
-                    Some((_, stopped)) if !stopping => stopped.as_fd(),
+                let watched = |fd: Option<_>| match fd {
+                    Some(fd) if !stopping => fd,
                     _ => self.signals.as_fd(),
                 };
-                let helper = match &self.helper {
-                    Some(helper) if !stopping => helper.exited(),
-                    _ => self.signals.as_fd(),
-                };
+                let fuse = watched(self.view.layers_stopped());
+                let helper = watched(self.view.backend_exited());
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -341,8 +294,8 @@ impl<'a> Daemon<'a> {
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    ready(&fds[2]) && self.fuse.is_some(),
-                    ready(&fds[3]) && self.helper.is_some(),
+                    ready(&fds[2]) && self.view.layers_stopped().is_some(),
+                    ready(&fds[3]) && self.view.backend_exited().is_some(),
                     readable,
                 )
             };
@@ -407,7 +360,7 @@ impl<'a> Daemon<'a> {
             image: identity.to_string(),
             instances: clients.len() as u32 + 1,
             wanted: self.wanted,
-            used: self.used,
+            used: self.view.overlay,
         };
         if stream.write_all(greeting.encode().as_bytes()).is_ok() {
             clients.push(stream);
@@ -420,91 +373,35 @@ impl<'a> Daemon<'a> {
         1
     }
 
-    /// Unmounts (lazily: a dying sandbox may still hold them), removes the socket and the
-    /// mount points, and releases the data directory. A FUSE backend is waited for before
-    /// the layers below it are unmounted: it holds them open until it exits.
-    fn shut_down(mut self) {
-        detach_view(self.places, self.isolation);
-        if let Some(helper) = self.helper.take() {
-            debug::log(format!("daemon: waiting for {} to exit", helper.name()));
-            helper.stop();
-        }
-        if let Some((unmounter, _)) = &mut self.fuse {
-            let _ = unmounter.unmount();
-        }
-        // The kernel overlay leaves its empty work directory with mode 000, which a
-        // user's `rm -rf` of the data directory cannot get through; it is made anew.
-        let _ = std::fs::remove_dir(self.places.data.join("work").join("work"));
+    /// Takes the view down, removes the socket and the mount points, and releases the
+    /// data directory.
+    fn shut_down(self) {
+        debug::log("daemon: taking the view down; the session ends");
+        self.view.detach();
         remove_session_files(self.places);
         drop(self.data_lock);
     }
 }
 
-/// Detaches the writable view (lazily: a dying sandbox may still hold it). In the host's
-/// mount namespace only `fusermount3` may unmount a user's FUSE mount.
-fn detach_view(places: &Places, isolation: namespaces::Isolation) {
-    match isolation {
-        namespaces::Isolation::Namespaces => {
-            let _ = umount2(&places.root, MntFlags::MNT_DETACH);
-        }
-        namespaces::Isolation::Host => fusermount_detach(&places.root),
+/// Under `FIM_DEBUG`, sends the daemon's further lines to `<data>/session.log` (made anew
+/// by each session, 0600) instead of the first launcher's standard error, which would
+/// otherwise stay open as long as the session lives.
+fn log_elsewhere(places: &Places) {
+    if !debug::enabled() {
+        return;
     }
-}
-
-/// `fusermount3 -u -z PATH`, quietly.
-pub fn fusermount_detach(path: &std::path::Path) {
-    if let Some(fusermount) = namespaces::setuid_fusermount() {
-        let _ = std::process::Command::new(fusermount)
-            .args(["-u", "-z", "--"])
-            .arg(path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+    let path = places.data.join("session.log");
+    debug::log(format!("daemon: further lines go to {}", path.display()));
+    let opened = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .or_else(|_| File::options().write(true).open("/dev/null"));
+    if let Ok(log) = opened {
+        let _ = nix::unistd::dup2_stderr(&log);
     }
-}
-
-/// Mounts the layers at `places.layers` with the in-process FUSE server, run on a thread
-/// of its own; returns its unmounter and a descriptor that hangs up when it stops.
-fn serve_fuse(
-    stack: fim_layers::Stack,
-    places: &Places,
-    (uid, gid): (u32, u32),
-    isolation: namespaces::Isolation,
-) -> anyhow::Result<(fuser::SessionUnmounter, OwnedFd)> {
-    let settings = match isolation {
-        namespaces::Isolation::Namespaces => MountSettings {
-            // The sandbox runs in a nested user namespace, not as the mounter.
-            allow_other: true,
-            threads: 0,
-            owner: (uid != 0).then_some((0, 0)),
-        },
-        // Through fusermount3, which allows `allow_other` only if the host says so; the
-        // app runs as the user who mounts, and sees the tree as theirs.
-        namespaces::Isolation::Host => MountSettings {
-            allow_other: false,
-            threads: 0,
-            owner: Some((uid, gid)),
-        },
-    };
-    let mut session = {
-        let _step = debug::Step::new("daemon: mount the layers (FUSE)");
-        fuse_session(Arc::new(stack), &places.layers, &settings).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot mount the image's layers with FUSE: {e} (is /dev/fuse present and open to you?)"
-            )
-        })?
-    };
-    let unmounter = session.unmount_callable();
-    let (stopped, stopped_writer) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    std::thread::Builder::new()
-        .name("fuse".into())
-        .spawn(move || {
-            let _ = session.run();
-            drop(stopped_writer);
-        })
-        .context("cannot start the FUSE server")?;
-    Ok((unmounter, stopped))
 }
 
 /// Removes the session's files, logging (under `FIM_DEBUG`) what could not be removed.
@@ -512,10 +409,4 @@ fn remove_session_files(places: &Places) {
     if let Err(e) = places.remove_session_files() {
         debug::log(format!("daemon: {e:#}"));
     }
-}
-
-/// A poll timeout of at least one millisecond.
-pub fn millis(d: Duration) -> PollTimeout {
-    let ms = d.as_millis().clamp(1, u128::from(u16::MAX)) as u16;
-    PollTimeout::from(ms)
 }

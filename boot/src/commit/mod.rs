@@ -1,45 +1,33 @@
-//! `fim-layer commit`: the upper directory becomes a layer, exactly once.
+//! Commit: the upper directory becomes a layer, exactly once.
 //!
-//! The new layer is written and synced first (a new image file beside the image, or a
-//! temporary managed layer file), then a journal naming its digest is written, then the
-//! layer is renamed into place, and only then is the upper directory emptied. Whoever next
-//! holds the data directory (a commit or a session daemon) reads the journal: if the layer
-//! with that digest is in place the upper directory is emptied, otherwise it is kept.
-//! Killed at any instant, the user's changes are committed or still in the upper
-//! directory, never lost and never committed twice.
+//! Data flows one way: the upper directory's deletion markers are first brought to the
+//! kernel's form (`view::markers`), files copied up but left unchanged are set aside,
+//! and the rest becomes a layer: appended to the image, saved as the next managed layer,
+//! or written to a file. The new layer is written and synced first, then the journal
+//! names its digest, then the layer is renamed into place, and only then is the upper
+//! directory emptied (`journal`). Killed at any instant, the user's changes are committed
+//! or still in the upper directory, never lost and never committed twice.
+//!
+//! The caller holds the locks (see `crate::locks`): the image's change lock, no running
+//! instance, and the data directory, taken from a lingering session by `session`.
+
+pub mod journal;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fim_image::{ChangeLock, Image, ImageWriter};
-use fim_layers::{BlockCache, BuildOptions, NoProgress, Stack, WhiteoutFormat, hex};
-use nix::fcntl::{Flock, FlockArg};
+use fim_layers::{BlockCache, BuildOptions, NoProgress, Stack, WhiteoutFormat};
 
 use crate::durable;
-use crate::layer_stack::{self, StackLower};
-use crate::markers::{self, Format};
+use crate::locks::{DataLock, NoInstances};
 use crate::places::Places;
-use crate::session;
-
-/// The journal of a commit in flight, in the data directory.
-const JOURNAL: &str = "commit-journal";
-/// Where the committed upper directory waits to be removed.
-const COMMITTED: &str = "upper.committed";
-/// Test-only switch: `FIM_TEST_COMMIT_CRASH=POINT` ends the commit process at once, as a
-/// SIGKILL would, at POINT: `sealed` (the new layer is written), `journaled` (the journal
-/// too), `persisted` (the layer is in place) or `moved` (the old upper directory is set
-/// aside). Tests use it to check recovery from each of these states.
-const CRASH_POINT: &str = "FIM_TEST_COMMIT_CRASH";
-
-fn crash_point(point: &str) {
-    if std::env::var_os(CRASH_POINT).is_some_and(|v| v == point) {
-        // SAFETY: ends the process without unwinding, as a kill would.
-        unsafe { libc::_exit(137) }
-    }
-}
+use crate::view::layer_stack::{self, StackLower};
+use crate::view::markers::{self, Format};
+use journal::{crash_point, empty_upper, recover, write_journal};
 
 /// Where `fim-layer commit` puts the new layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,46 +40,14 @@ pub enum Target {
     File(PathBuf),
 }
 
-/// The data directory, held exclusively: no session runs on it meanwhile.
-pub struct DataLock(#[allow(dead_code)] Flock<File>);
-
-/// Takes the data directory for a change of its upper directory: ends this user's
-/// lingering session, and refuses while any instance runs.
-pub fn take_data(places: &Places) -> anyhow::Result<DataLock> {
-    session::end_lingering(places)?;
-    let file = session::lock_file(&places.data_lock)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(DataLock(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-            "the data directory {} is in use by a session of another user or TMPDIR; close it, then try again",
-            places.data.display()
-        ),
-        Err((_, e)) => Err(e).context("cannot lock the data directory"),
-    }
-}
-
-/// Held for a whole layer change: no instance runs meanwhile, and new ones wait.
-pub struct NoInstances(#[allow(dead_code)] Flock<File>);
-
-/// Refuses a layer change while instances of the image run on this data directory (each
-/// holds a shared lock); once granted, new instances wait until it is dropped.
-pub fn refuse_if_running(places: &Places) -> anyhow::Result<NoInstances> {
-    let file = session::lock_file(&places.instances_lock)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(NoInstances(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(session::running_error(
-            places,
-            session::running_instances(places),
-        )),
-        Err((_, e)) => Err(e).context("cannot lock the data directory"),
-    }
-}
-
-/// Commits the upper directory of `places` to `target`; returns a one-line summary.
-pub fn commit(places: &Places, target: &Target) -> anyhow::Result<String> {
-    let change = ChangeLock::acquire(&places.image)?;
-    let _running = refuse_if_running(places)?;
-    let _data = take_data(places)?;
+/// Commits the upper directory of `places` to `target`; returns a one-line summary. The
+/// locks are the proof that nothing else reads or changes the image and the upper
+/// directory meanwhile.
+pub fn commit(
+    places: &Places,
+    (change, _, _): (&ChangeLock, &NoInstances, &DataLock),
+    target: &Target,
+) -> anyhow::Result<String> {
     let image = Image::from_file(change.file(), &places.image)?;
     recover(places, &image)?;
 
@@ -206,93 +162,6 @@ fn next_managed_name(dir: &Path) -> anyhow::Result<String> {
         .max()
         .unwrap_or(0);
     Ok(format!("{}.layer", highest + 1))
-}
-
-fn write_journal(data: &Path, digest: &[u8; 32]) -> anyhow::Result<()> {
-    durable::replace_file(data, JOURNAL, &format!("{}\n", hex(digest)))
-}
-
-/// Finishes or forgets a commit that was interrupted. The caller holds the data directory.
-pub fn recover(places: &Places, image: &Image) -> anyhow::Result<()> {
-    let journal = places.data.join(JOURNAL);
-    match fs::read_to_string(&journal) {
-        Ok(text) => {
-            let digest = text.trim();
-            let landed = image
-                .layer_entries()
-                .iter()
-                .any(|l| hex(&l.digest) == digest)
-                || managed_digests(&places.data)?
-                    .iter()
-                    .any(|d| hex(d) == digest);
-            if landed {
-                empty_upper(places)?;
-            } else {
-                fs::remove_file(&journal)
-                    .with_context(|| format!("cannot remove {}", journal.display()))?;
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", journal.display())),
-    }
-    let committed = places.data.join(COMMITTED);
-    if fs::symlink_metadata(&committed).is_ok() {
-        fs::remove_dir_all(&committed)
-            .with_context(|| format!("cannot remove {}", committed.display()))?;
-    }
-    // Temporaries of managed layers whose commit was killed.
-    if let Ok(entries) = fs::read_dir(layer_stack::managed_dir(&places.data)) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(layer_stack::TEMP_PREFIX)
-            {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn managed_digests(data: &Path) -> anyhow::Result<Vec<[u8; 32]>> {
-    let dir = layer_stack::managed_dir(data);
-    let mut digests = Vec::new();
-    for path in layer_stack::layer_files(&dir, true)? {
-        let (file, _) = layer_stack::LayerFile::open(&path, layer_stack::Origin::Managed)?;
-        digests.push(file.digest);
-    }
-    Ok(digests)
-}
-
-/// Replaces the committed upper directory by an empty one, then forgets the journal.
-/// Each step can be repeated after a crash.
-fn empty_upper(places: &Places) -> anyhow::Result<()> {
-    let committed = places.data.join(COMMITTED);
-    let upper = &places.upper;
-    let meta = fs::metadata(upper).ok();
-    if fs::symlink_metadata(&committed).is_err() && meta.is_some() {
-        fs::rename(upper, &committed)
-            .with_context(|| format!("cannot move {} aside", upper.display()))?;
-        crash_point("moved");
-    }
-    if fs::symlink_metadata(upper).is_err() {
-        DirBuilder::new()
-            .mode(0o755)
-            .create(upper)
-            .with_context(|| format!("cannot create {}", upper.display()))?;
-    }
-    // An empty upper directory holds no markers of any format.
-    for name in [markers::RECORD, JOURNAL] {
-        let path = places.data.join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
-        }
-    }
-    durable::sync_dir(&places.data);
-    fs::remove_dir_all(&committed).with_context(|| format!("cannot remove {}", committed.display()))
 }
 
 fn is_empty(dir: &Path) -> anyhow::Result<bool> {

@@ -14,21 +14,7 @@ use anyhow::Context;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 
-/// Where a session's mounts live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    /// Private namespaces: nothing is seen on the host.
-    Namespaces,
-    /// The host's mount namespace (user namespaces refused): mounts through `fusermount3`.
-    Host,
-}
-
-/// A setuid-root `fusermount3` in `PATH`, which lets a user mount FUSE file systems
-/// without a user namespace.
-pub fn setuid_fusermount() -> Option<std::path::PathBuf> {
-    crate::places::find_program("fusermount3")
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o4000 != 0))
-}
+use crate::view::{Isolation, setuid_fusermount};
 
 /// Creates the session's namespaces in the calling (single-threaded) process.
 /// `uid`/`gid` are the caller's ids outside; inside a new user namespace they become 0.

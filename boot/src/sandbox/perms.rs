@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use fim_reserved::{BindKind, Permissions};
 
+use super::bwrap::Mount;
+use super::environment::Env;
 use crate::debug;
-use crate::environment::Env;
-use crate::sandbox::Mount;
 
 /// What the permissions look at on the host.
 pub trait Host {

@@ -8,8 +8,8 @@ use std::path::Path;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 
+use super::bwrap::Mount;
 use crate::debug;
-use crate::sandbox::Mount;
 
 /// Opens `path` inside the image, resolving symlinks as the sandbox would.
 pub fn open_inside(root: &File, path: &Path, flags: OFlag) -> Option<File> {

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use fim_reserved::Bind;
 
+use super::bwrap::Mount;
+use super::environment::Env;
+use super::expand::expand;
 use crate::debug;
-use crate::environment::Env;
-use crate::expand::expand;
-use crate::sandbox::Mount;
 
 pub fn mounts(
     binds: &[Bind],

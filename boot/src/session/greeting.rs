@@ -1,0 +1,143 @@
+//! The greeting: the one line a session daemon sends on every connection, and the bytes a
+//! launcher sends back. A launcher reads the greeting to learn whose namespaces to join;
+//! the daemon counts its members by their open connections.
+//!
+//! ```text
+//! daemon -> launcher:  note TEXT\n ...        things the user should know (zero or more)
+//!                      ready PID IDENTITY INSTANCES WANTED USED\n | failed WHY\n
+//! launcher -> daemon:  L (leaving after a normal run: linger) | Q (make way, only member)
+//! ```
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use fim_reserved::Overlay;
+
+/// The first line a daemon sends on every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// The mounts are up. `pid` is the daemon (whose namespaces to join), `image` the
+    /// identity of the layers it serves, `instances` the launchers connected, this one included.
+    /// `wanted` is the backend the session was started for, `used` the one that mounted
+    /// the view (they differ after a fallback).
+    Ready {
+        pid: i32,
+        image: String,
+        instances: u32,
+        wanted: Overlay,
+        used: Overlay,
+    },
+    /// The daemon could not set the session up; the text says why.
+    Failed(String),
+    /// Something the user should know, sent before `Ready` (one line).
+    Note(String),
+}
+
+impl Greeting {
+    pub fn encode(&self) -> String {
+        match self {
+            Greeting::Ready {
+                pid,
+                image,
+                instances,
+                wanted,
+                used,
+            } => format!("ready {pid} {image} {instances} {wanted} {used}\n"),
+            // One line, whatever the message held.
+            Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
+            Greeting::Note(what) => format!("note {}\n", what.replace('\n', " ")),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Greeting> {
+        let line = line.strip_suffix('\n')?;
+        if let Some(why) = line.strip_prefix("failed ") {
+            return Some(Greeting::Failed(why.to_string()));
+        }
+        if let Some(what) = line.strip_prefix("note ") {
+            return Some(Greeting::Note(what.to_string()));
+        }
+        let mut words = line.strip_prefix("ready ")?.split(' ');
+        let pid = words.next()?.parse().ok().filter(|p| *p > 0)?;
+        let image = words.next().filter(|w| !w.is_empty())?.to_string();
+        let instances = words.next()?.parse().ok()?;
+        let wanted = words.next()?.parse().ok()?;
+        let used = words.next()?.parse().ok()?;
+        words.next().is_none().then_some(Greeting::Ready {
+            pid,
+            image,
+            instances,
+            wanted,
+            used,
+        })
+    }
+}
+
+/// Byte a launcher sends when its app ended normally, just before it leaves.
+pub const LEAVING: u8 = b'L';
+/// Byte the only launcher sends to make a session whose layers changed go away.
+pub const QUIT: u8 = b'Q';
+
+/// Sends a greeting, ignoring a launcher that already went away.
+pub fn send(stream: &mut UnixStream, greeting: &Greeting) {
+    let _ = stream.write_all(greeting.encode().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Greeting;
+    use fim_reserved::Overlay;
+
+    #[test]
+    fn ready_round_trips() {
+        let g = Greeting::Ready {
+            pid: 42,
+            image: "00ff".into(),
+            instances: 3,
+            wanted: Overlay::Bwrap,
+            used: Overlay::Unionfs,
+        };
+        assert_eq!(g.encode(), "ready 42 00ff 3 bwrap unionfs\n");
+        assert_eq!(Greeting::parse(&g.encode()), Some(g));
+    }
+
+    #[test]
+    fn note_round_trips_as_one_line() {
+        let g = Greeting::Note("overlayfs mount refused (EPERM),\nusing unionfs-fuse".into());
+        assert_eq!(
+            Greeting::parse(&g.encode()),
+            Some(Greeting::Note(
+                "overlayfs mount refused (EPERM), using unionfs-fuse".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn failure_stays_one_line() {
+        let g = Greeting::Failed("a\nb".into());
+        assert_eq!(g.encode(), "failed a b\n");
+        assert_eq!(
+            Greeting::parse(&g.encode()),
+            Some(Greeting::Failed("a b".into()))
+        );
+    }
+
+    #[test]
+    fn garbled_greetings_are_rejected() {
+        for bad in [
+            "",
+            "ready\n",
+            "ready 0 ab 1\n",
+            "ready -3 ab 1\n",
+            "ready 5 ab\n",
+            "ready 5 ab 1\n",
+            "ready 5 ab 1 bwrap\n",
+            "ready 5 ab 1 bwrap nonsense\n",
+            "ready 5 ab 1 bwrap bwrap extra\n",
+            "ready 5 ab 1 bwrap bwrap",
+            "hello\n",
+        ] {
+            assert_eq!(Greeting::parse(bad), None, "{bad:?}");
+        }
+    }
+}

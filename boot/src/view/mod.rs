@@ -1,0 +1,171 @@
+//! The view: what the app sees as its root. Bottom to top:
+//!
+//! ```text
+//! places.root    the writable view: kernel overlay, fuse-overlayfs or unionfs (overlay,
+//!                fuse_backend), upper directory in the data directory, its deletion
+//!                markers in the backend's format (markers)
+//! places.layers  the merged read-only layers (layer_stack) served by the in-process FUSE
+//!                server (layer_server), or an extracted copy where FUSE is unavailable
+//!                (extracted)
+//! ```
+//!
+//! The session daemon builds the view in two steps: [`Layers::prepare`] before it enters
+//! its namespaces (an extraction runs as the user), [`View::mount`] inside them. The view
+//! lives as long as the session; [`View::detach`] takes it down, top first.
+
+pub mod extracted;
+pub mod fuse_backend;
+pub mod layer_server;
+pub mod layer_stack;
+pub mod markers;
+pub mod overlay;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use fim_layers::Stack;
+use fim_reserved::Overlay;
+use nix::mount::{MntFlags, umount2};
+
+use crate::debug;
+use crate::places::Places;
+use fuse_backend::Helper;
+
+/// Where a session's mounts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Private namespaces: nothing is seen on the host.
+    Namespaces,
+    /// The host's mount namespace (user namespaces refused): mounts through `fusermount3`.
+    Host,
+}
+
+/// A setuid-root `fusermount3` in `PATH`, which lets a user mount FUSE file systems
+/// without a user namespace.
+pub fn setuid_fusermount() -> Option<PathBuf> {
+    crate::places::find_program("fusermount3")
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o4000 != 0))
+}
+
+/// `fusermount3 -u -z PATH`, quietly: in the host's mount namespace only it may unmount a
+/// user's FUSE mount.
+pub fn fusermount_detach(path: &Path) {
+    if let Some(fusermount) = setuid_fusermount() {
+        let _ = std::process::Command::new(fusermount)
+            .args(["-u", "-z", "--"])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// How the layers reach the overlay as its lower directory.
+pub enum Layers {
+    /// Served by the in-process FUSE server at `places.layers`.
+    Fuse(Stack),
+    /// Extracted into the per-user cache (no FUSE here, or `FIM_EXTRACT=1`).
+    Extracted(PathBuf),
+}
+
+impl Layers {
+    /// Chooses how to serve `stack`, extracting it now if FUSE is unavailable: the
+    /// extraction runs as the user, before the session's namespaces exist.
+    pub fn prepare(stack: Stack, identity: &str, wanted: Overlay) -> anyhow::Result<Layers> {
+        Ok(match extracted::needed() {
+            Some(why) => {
+                extracted::refuse_fuse_backend(wanted, &why)?;
+                debug::log(format!(
+                    "daemon: {why}: serving the layers from the extraction cache"
+                ));
+                Layers::Extracted(extracted::tree(&stack, identity)?)
+            }
+            None => Layers::Fuse(stack),
+        })
+    }
+}
+
+/// The mounted view of a session.
+pub struct View {
+    /// The backend that mounted the writable view (not the one asked for after a fallback).
+    pub overlay: Overlay,
+    /// Why `overlay` is not the one asked for, for the launcher that started the session.
+    pub notice: Option<String>,
+    root: PathBuf,
+    data: PathBuf,
+    isolation: Isolation,
+    /// The FUSE server of the layers and what becomes readable (hang-up) when it stops.
+    fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
+    /// The FUSE backend's process, if the view is not the kernel overlay.
+    helper: Option<Helper>,
+}
+
+impl View {
+    /// Mounts the layers and the writable view over them with `wanted` (or its fallback).
+    /// On failure nothing stays mounted.
+    pub fn mount(
+        layers: Layers,
+        places: &Places,
+        ids: (u32, u32),
+        isolation: Isolation,
+        wanted: Overlay,
+    ) -> anyhow::Result<View> {
+        let (lower, mut fuse) = match layers {
+            Layers::Extracted(tree) => (tree, None),
+            Layers::Fuse(stack) => {
+                let served = layer_server::serve(stack, &places.layers, ids, isolation)?;
+                (places.layers.clone(), Some(served))
+            }
+        };
+        match overlay::mount_view(places, &lower, ids, isolation, wanted) {
+            Ok(mounted) => Ok(View {
+                overlay: mounted.overlay,
+                notice: mounted.notice,
+                root: places.root.clone(),
+                data: places.data.clone(),
+                isolation,
+                fuse,
+                helper: mounted.helper,
+            }),
+            Err(e) => {
+                if let Some((unmounter, _)) = &mut fuse {
+                    let _ = unmounter.unmount();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Becomes readable (hangs up) when the layers' FUSE server stops.
+    pub fn layers_stopped(&self) -> Option<BorrowedFd<'_>> {
+        self.fuse.as_ref().map(|(_, stopped)| stopped.as_fd())
+    }
+
+    /// Becomes readable when the FUSE backend's process exits.
+    pub fn backend_exited(&self) -> Option<BorrowedFd<'_>> {
+        self.helper.as_ref().map(Helper::exited)
+    }
+
+    /// Takes the view down, top first (lazily: a dying sandbox may still hold it). A FUSE
+    /// backend is waited for before the layers below it are unmounted: it holds them open
+    /// until it exits.
+    pub fn detach(mut self) {
+        match self.isolation {
+            Isolation::Namespaces => {
+                let _ = umount2(&self.root, MntFlags::MNT_DETACH);
+            }
+            Isolation::Host => fusermount_detach(&self.root),
+        }
+        if let Some(helper) = self.helper.take() {
+            debug::log(format!("daemon: waiting for {} to exit", helper.name()));
+            helper.stop();
+        }
+        if let Some((unmounter, _)) = &mut self.fuse {
+            let _ = unmounter.unmount();
+        }
+        // The kernel overlay leaves its empty work directory with mode 000, which a
+        // user's `rm -rf` of the data directory cannot get through; it is made anew.
+        let _ = std::fs::remove_dir(self.data.join("work").join("work"));
+    }
+}
