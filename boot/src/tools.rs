@@ -1,7 +1,10 @@
-//! The bwrap a run uses: `FIM_BWRAP` when set, else the image's embedded static bwrap,
-//! else `bwrap` from `PATH`. The embedded one runs from a sealed memfd: it is checked
-//! against its digest, written to anonymous memory that nothing else can reach or change,
-//! and executed through `/proc/self/fd/N`; nothing is written to a shared place.
+//! The programs a run needs beside the launcher: bwrap for the sandbox, fuse-overlayfs
+//! and unionfs for the FUSE overlay backends. For each, the variable naming a path
+//! (`FIM_BWRAP`, `FIM_FUSE_OVERLAYFS`, `FIM_UNIONFS`) beats the copy embedded in the image,
+//! which beats the host's `PATH`. An embedded one runs from a sealed memfd: decompressed
+//! and checked against its digest (`fim_image`), written to anonymous memory that nothing
+//! else can reach or change, and executed through `/proc/self/fd/N`; nothing is written
+//! to a shared place.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -14,7 +17,50 @@ use fim_image::Image;
 
 use crate::debug;
 
-/// Where the bwrap in use comes from.
+/// A program the launcher may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Bwrap,
+    FuseOverlayfs,
+    Unionfs,
+}
+
+impl Tool {
+    pub const ALL: [Tool; 3] = [Tool::Bwrap, Tool::FuseOverlayfs, Tool::Unionfs];
+
+    /// Its name, in the image's tool table and in `PATH`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Bwrap => "bwrap",
+            Tool::FuseOverlayfs => "fuse-overlayfs",
+            Tool::Unionfs => "unionfs",
+        }
+    }
+
+    /// The variable that names a path to use instead.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Tool::Bwrap => "FIM_BWRAP",
+            Tool::FuseOverlayfs => "FIM_FUSE_OVERLAYFS",
+            Tool::Unionfs => "FIM_UNIONFS",
+        }
+    }
+
+    /// The Debian package that installs it on a host.
+    pub fn package(self) -> &'static str {
+        match self {
+            Tool::Bwrap => "bubblewrap",
+            Tool::FuseOverlayfs => "fuse-overlayfs",
+            Tool::Unionfs => "unionfs-fuse",
+        }
+    }
+
+    fn named(name: &str) -> Option<Tool> {
+        Tool::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// Where the program in use comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Environment,
@@ -22,46 +68,54 @@ pub enum Origin {
     Host,
 }
 
-/// A bwrap ready to execute; for the embedded one, holds its memfd open.
-pub struct Bwrap {
+/// A program ready to execute; for an embedded one, holds its memfd open.
+pub struct Program {
     pub path: PathBuf,
     pub origin: Origin,
     _memfd: Option<File>,
 }
 
-pub fn bwrap(image: &Image) -> anyhow::Result<Bwrap> {
-    if let Some(path) = std::env::var_os("FIM_BWRAP").filter(|p| !p.is_empty()) {
-        return Ok(Bwrap {
+/// `tool` by the rule above; `None` when neither the variable, the image nor `PATH` has it.
+pub fn find(image: &Image, tool: Tool) -> anyhow::Result<Option<Program>> {
+    if let Some(path) = std::env::var_os(tool.variable()).filter(|p| !p.is_empty()) {
+        return Ok(Some(Program {
             path: PathBuf::from(path),
             origin: Origin::Environment,
             _memfd: None,
-        });
+        }));
     }
-    if let Some(bytes) = image.tool("bwrap")? {
-        match sealed_memfd("bwrap", bytes) {
+    if let Some(bytes) = image.tool(tool.name())? {
+        match sealed_memfd(tool.name(), &bytes) {
             Ok(file) => {
-                return Ok(Bwrap {
+                return Ok(Some(Program {
                     path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
                     origin: Origin::Embedded,
                     _memfd: Some(file),
-                });
+                }));
             }
             Err(e) => debug::log(format!(
-                "cannot run the embedded bwrap from memory ({e:#}); looking in PATH"
+                "cannot run the embedded {} from memory ({e:#}); looking in PATH",
+                tool.name()
             )),
         }
     }
-    let found = crate::places::find_program("bwrap").context("bubblewrap is not available: the image embeds none and there is no bwrap in PATH; install the bubblewrap package, or set FIM_BWRAP")?;
-    Ok(Bwrap {
-        path: found,
-        origin: Origin::Host,
-        _memfd: None,
-    })
+    Ok(
+        crate::places::find_program(tool.name()).map(|path| Program {
+            path,
+            origin: Origin::Host,
+            _memfd: None,
+        }),
+    )
+}
+
+/// The bwrap of a run.
+pub fn bwrap(image: &Image) -> anyhow::Result<Program> {
+    find(image, Tool::Bwrap)?.context("bubblewrap is not available: the image embeds none and there is no bwrap in PATH; install the bubblewrap package, or set FIM_BWRAP")
 }
 
 /// A setuid-root bwrap (`FIM_BWRAP`, else `bwrap` from `PATH`), for hosts that refuse
 /// user namespaces: the only way to build the sandbox there.
-pub fn setuid_bwrap() -> anyhow::Result<Bwrap> {
+pub fn setuid_bwrap() -> anyhow::Result<Program> {
     use std::os::unix::fs::MetadataExt;
     let (path, origin) = match std::env::var_os("FIM_BWRAP").filter(|p| !p.is_empty()) {
         Some(path) => (PathBuf::from(path), Origin::Environment),
@@ -77,7 +131,7 @@ pub fn setuid_bwrap() -> anyhow::Result<Bwrap> {
             path.display()
         );
     }
-    Ok(Bwrap {
+    Ok(Program {
         path,
         origin,
         _memfd: None,
@@ -121,28 +175,94 @@ fn sealed_memfd(name: &str, bytes: &[u8]) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// `fim-version deps`: the embedded tools, with their versions.
+/// `fim-version deps`: the three programs, each with its version and where it comes from.
 pub fn describe(image: &Image) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
-    for tool in image.tool_entries() {
-        let version = match (tool.name.as_str(), image.tool(&tool.name)?) {
-            ("bwrap", Some(bytes)) => {
-                let memfd = sealed_memfd("bwrap", bytes)?;
-                let out =
-                    std::process::Command::new(format!("/proc/self/fd/{}", memfd.as_raw_fd()))
-                        .arg("--version")
-                        .output()
-                        .context("running the embedded bwrap")?;
-                String::from_utf8_lossy(&out.stdout).trim().to_string()
-            }
-            _ => tool.name.clone(),
+    for tool in Tool::ALL {
+        let Some(program) = find(image, tool)? else {
+            lines.push(format!(
+                "{}: not available (none embedded, none in PATH; package {})",
+                tool.name(),
+                tool.package()
+            ));
+            continue;
         };
-        lines.push(format!(
-            "{}: {version} (embedded, {} bytes, blake3 {})",
-            tool.name,
-            tool.size,
-            fim_layers::hex(&tool.digest)
-        ));
+        let version = std::process::Command::new(&program.path)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|out| version_of(&out.stdout, &out.stderr))
+            .unwrap_or_else(|| "version unknown".into());
+        let origin = match program.origin {
+            Origin::Embedded => {
+                let entry = image.tool_entries().iter().find(|t| t.name == tool.name());
+                match entry {
+                    Some(t) => format!(
+                        "embedded, {} bytes stored, blake3 {}",
+                        t.size,
+                        fim_layers::hex(&t.digest)
+                    ),
+                    None => "embedded".into(),
+                }
+            }
+            Origin::Environment => format!("{} from {}", program.path.display(), tool.variable()),
+            Origin::Host => format!("{} from PATH", program.path.display()),
+        };
+        lines.push(format!("{}: {version} ({origin})", tool.name()));
+    }
+    // Tools an image may carry that this launcher does not know stay listed.
+    for entry in image.tool_entries() {
+        if Tool::named(&entry.name).is_none() {
+            lines.push(format!(
+                "{}: unknown to this launcher (embedded)",
+                entry.name
+            ));
+        }
     }
     Ok(lines)
+}
+
+/// The version line a tool prints for `--version`: its first line, on either stream.
+fn version_of(stdout: &[u8], stderr: &[u8]) -> String {
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    );
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| "version unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tool_has_its_own_variable_and_is_found_by_its_name() {
+        for tool in Tool::ALL {
+            assert_eq!(Tool::named(tool.name()), Some(tool));
+            assert!(tool.variable().starts_with("FIM_"));
+        }
+        assert_eq!(Tool::named("squashfuse"), None);
+    }
+
+    #[test]
+    fn the_version_line_is_found_in_either_stream() {
+        assert_eq!(version_of(b"bubblewrap 0.12.0\n", b""), "bubblewrap 0.12.0");
+        assert_eq!(
+            version_of(
+                b"",
+                b"fuse-overlayfs: version 1.14\nFUSE library version 3.17.2\n"
+            ),
+            "fuse-overlayfs: version 1.14"
+        );
+        assert_eq!(
+            version_of(b"unionfs-fuse version: 1.0\n", b""),
+            "unionfs-fuse version: 1.0"
+        );
+        assert_eq!(version_of(b"", b""), "version unknown");
+    }
 }

@@ -1,5 +1,6 @@
 //! Opening an image: the trailer, the reserved block and the layers, all from one mmap.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,13 +130,19 @@ impl Image {
         &self.tools
     }
 
-    /// The bytes of the embedded tool `name`, checked against its digest.
-    pub fn tool(&self, name: &str) -> Result<Option<&[u8]>> {
+    /// The bytes of the embedded tool `name` (decompressed when stored compressed),
+    /// checked against its digest.
+    pub fn tool(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>> {
         let Some(t) = self.tools.iter().find(|t| t.name == name) else {
             return Ok(None);
         };
-        let bytes = &self.map[t.offset as usize..(t.offset + t.size) as usize];
-        if *blake3::hash(bytes).as_bytes() != t.digest {
+        let stored = &self.map[t.offset as usize..(t.offset + t.size) as usize];
+        let bytes = if t.compressed {
+            Cow::Owned(decompress_tool(name, stored)?)
+        } else {
+            Cow::Borrowed(stored)
+        };
+        if *blake3::hash(&bytes).as_bytes() != t.digest {
             return Err(ImageError::corrupt(format!(
                 "the embedded {name} does not match its digest"
             )));
@@ -242,4 +249,28 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// Largest program a compressed tool entry may expand to: a static FUSE backend is a few
+/// MiB; anything far larger is a crafted entry, refused before memory is spent on it.
+pub const TOOL_SIZE_MAX: u64 = 64 << 20;
+
+/// One zstd frame of a compressed tool, whose header must give its size.
+fn decompress_tool(name: &str, stored: &[u8]) -> Result<Vec<u8>> {
+    let bad = |why: String| ImageError::corrupt(format!("the embedded {name} {why}"));
+    let size = zstd::zstd_safe::get_frame_content_size(stored)
+        .ok()
+        .flatten()
+        .ok_or_else(|| bad("is not a zstd frame with its size".into()))?;
+    if size > TOOL_SIZE_MAX {
+        return Err(bad(format!(
+            "claims {size} bytes, more than {TOOL_SIZE_MAX}"
+        )));
+    }
+    let bytes = zstd::bulk::decompress(stored, size as usize)
+        .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    if bytes.len() as u64 != size {
+        return Err(bad("is shorter than its frame says".into()));
+    }
+    Ok(bytes)
 }

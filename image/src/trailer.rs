@@ -6,8 +6,9 @@ use crate::error::ImageError;
 /// Magic of the footer, the last bytes of every image.
 pub const FOOTER_MAGIC: [u8; 8] = *b"FIMIMAGE";
 /// Image format version this crate writes. Version 2 added embedded tools (table entries
-/// of kind 1); version 1 files, which hold layers only, are still read.
-pub const IMAGE_VERSION: u32 = 2;
+/// of kind 1, stored as they are); version 3 stores them zstd-compressed (kind 2). Version 1
+/// and 2 files are still read.
+pub const IMAGE_VERSION: u32 = 3;
 /// Oldest image format version this crate reads.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Longest name of an embedded tool (the rest of a table entry).
@@ -122,10 +123,12 @@ pub struct LayerEntry {
 pub struct ToolEntry {
     pub offset: u64,
     pub size: u64,
-    /// BLAKE3 of the program's bytes.
+    /// BLAKE3 of the program's bytes (after decompression when compressed).
     pub digest: [u8; 32],
     /// At most [`TOOL_NAME_MAX`] bytes of `[a-z0-9._-]`.
     pub name: String,
+    /// Stored as one zstd frame (kind 2) rather than as is (kind 1).
+    pub compressed: bool,
 }
 
 /// One entry of the table: byte 48 tells its kind.
@@ -166,7 +169,7 @@ impl TableEntry {
         let (offset, size, digest) = match self {
             TableEntry::Layer(l) => (l.offset, l.size, l.digest),
             TableEntry::Tool(t) => {
-                b[48] = 1;
+                b[48] = if t.compressed { 2 } else { 1 };
                 let name = t.name.as_bytes();
                 let n = name.len().min(TOOL_NAME_MAX);
                 b[49..49 + n].copy_from_slice(&name[..n]);
@@ -192,7 +195,7 @@ impl TableEntry {
             0 => Err(ImageError::corrupt(
                 "layer table entry has non-zero padding",
             )),
-            1 => {
+            kind @ (1 | 2) => {
                 let raw = &b[49..64];
                 let len = raw.iter().position(|&x| x == 0).unwrap_or(raw.len());
                 let name = std::str::from_utf8(&raw[..len])
@@ -204,6 +207,7 @@ impl TableEntry {
                     size,
                     digest,
                     name: name.to_string(),
+                    compressed: kind == 2,
                 }))
             }
             kind => Err(ImageError::corrupt(format!(
@@ -241,8 +245,18 @@ mod tests {
             size: 20,
             digest: [9; 32],
             name: "bwrap".into(),
+            compressed: false,
         });
-        for entry in [layer, tool] {
+        let compressed = TableEntry::Tool(ToolEntry {
+            offset: 12288,
+            size: 30,
+            digest: [5; 32],
+            name: "unionfs".into(),
+            compressed: true,
+        });
+        assert_eq!(tool.encode()[48], 1);
+        assert_eq!(compressed.encode()[48], 2);
+        for entry in [layer, tool, compressed] {
             assert_eq!(TableEntry::decode(&entry.encode()).unwrap(), entry);
         }
     }
@@ -250,8 +264,8 @@ mod tests {
     #[test]
     fn table_entries_refuse_unknown_kinds_and_bad_names() {
         let mut b = [0u8; LAYER_ENTRY_SIZE];
-        b[48] = 2;
-        assert!(TableEntry::decode(&b).is_err(), "kind 2");
+        b[48] = 3;
+        assert!(TableEntry::decode(&b).is_err(), "kind 3");
         b[48] = 0;
         b[60] = 1;
         assert!(TableEntry::decode(&b).is_err(), "layer padding");

@@ -21,6 +21,8 @@ use crate::trailer::{ALIGN, Footer, LayerEntry, TableEntry, ToolEntry};
 const TEMP_MARK: &str = ".fim-tmp";
 /// Prefix of a build's temporary file: distinct, so a change never removes a live build's.
 const BUILD_MARK: &str = ".fim-build";
+/// zstd level of embedded tools: written once at pack time, decompressed at each use.
+const TOOL_LEVEL: i32 = 19;
 
 /// The launcher bytes of `path`: the ELF alone, without any payload already appended.
 pub fn read_launcher(path: &Path) -> Result<Vec<u8>> {
@@ -140,7 +142,8 @@ impl ImageWriter {
         })
     }
 
-    /// Embeds the program `name` (stored as is); all tools come before the first layer.
+    /// Embeds the program `name`, stored as one zstd frame (level 19: tools are written
+    /// once and read at each start); all tools come before the first layer.
     pub fn add_tool(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         if !crate::trailer::valid_tool_name(name) {
             return Err(ImageError::corrupt(format!(
@@ -152,12 +155,23 @@ impl ImageWriter {
                 "the tool {name} must be embedded once, before the layers"
             )));
         }
-        let offset = self.append(bytes)?;
+        if bytes.len() as u64 > crate::image::TOOL_SIZE_MAX {
+            return Err(ImageError::corrupt(format!(
+                "the tool {name} is larger than {} bytes",
+                crate::image::TOOL_SIZE_MAX
+            )));
+        }
+        let stored = zstd::bulk::compress(bytes, TOOL_LEVEL).map_err(|source| ImageError::Io {
+            path: self.tmp.path().to_owned(),
+            source,
+        })?;
+        let offset = self.append(&stored)?;
         self.tools.push(ToolEntry {
             offset,
-            size: bytes.len() as u64,
+            size: stored.len() as u64,
             digest: *blake3::hash(bytes).as_bytes(),
             name: name.to_string(),
+            compressed: true,
         });
         Ok(())
     }

@@ -40,7 +40,15 @@ pub struct BuildArgs {
     /// from tools/build-bwrap).
     #[arg(long, value_name = "FILE", conflicts_with = "no_embed_tools")]
     bwrap: Option<PathBuf>,
-    /// Embed no tools: the image then uses the host's bwrap.
+    /// Static fuse-overlayfs to embed for the overlayfs backend (default: the one next to
+    /// fim, from tools/build-fuse-overlayfs, if there is one).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_embed_tools")]
+    fuse_overlayfs: Option<PathBuf>,
+    /// Static unionfs to embed for the unionfs backend (default: the one next to fim, from
+    /// tools/build-unionfs, if there is one).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_embed_tools")]
+    unionfs: Option<PathBuf>,
+    /// Embed no tools: the image then uses the host's bwrap, fuse-overlayfs and unionfs.
     #[arg(long)]
     no_embed_tools: bool,
     /// The command the image runs by default, with its arguments. Must come last.
@@ -92,29 +100,54 @@ fn default_launcher() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The static bwrap to embed: `--bwrap`, else the one beside fim; it must be a static
-/// ELF, since it runs on hosts whose libraries are unknown.
-fn bwrap_to_embed(args: &BuildArgs) -> anyhow::Result<Option<Vec<u8>>> {
+/// The static programs to embed, by name: bwrap (`--bwrap`, else the one beside fim,
+/// required), fuse-overlayfs and unionfs (the option, else the one beside fim if there
+/// is one). Each must be a static ELF, since it runs on hosts whose libraries are unknown.
+fn tools_to_embed(args: &BuildArgs) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     if args.no_embed_tools {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let path = match &args.bwrap {
+    let bwrap = match &args.bwrap {
         Some(p) => p.clone(),
         None => beside_fim(
             "bwrap",
             "build it with tools/build-bwrap, pass --bwrap FILE, or --no-embed-tools",
         )?,
     };
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let is_static = fim_image::elf::is_static_executable(&bytes)
-        .with_context(|| format!("{} is not an x86_64 executable", path.display()))?;
-    if !is_static {
-        bail!(
-            "{} is dynamically linked; an embedded bwrap must be static (tools/build-bwrap makes one)",
-            path.display()
-        );
+    let mut chosen = vec![("bwrap", bwrap)];
+    for (name, given, script) in [
+        (
+            "fuse-overlayfs",
+            &args.fuse_overlayfs,
+            "tools/build-fuse-overlayfs",
+        ),
+        ("unionfs", &args.unionfs, "tools/build-unionfs"),
+    ] {
+        match given {
+            Some(path) => chosen.push((name, path.clone())),
+            None => match beside_fim(name, "") {
+                Ok(path) => chosen.push((name, path)),
+                Err(_) => eprintln!(
+                    "fim: no static {name} beside fim ({script} builds one): the image's {name} backend will need the host's"
+                ),
+            },
+        }
     }
-    Ok(Some(bytes))
+    let mut tools = Vec::new();
+    for (name, path) in chosen {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let is_static = fim_image::elf::is_static_executable(&bytes)
+            .with_context(|| format!("{} is not an x86_64 executable", path.display()))?;
+        if !is_static {
+            bail!(
+                "{} is dynamically linked; an embedded {name} must be static (tools/build makes one)",
+                path.display()
+            );
+        }
+        tools.push((name, bytes));
+    }
+    Ok(tools)
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
@@ -161,11 +194,11 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         exclude: Vec::new(),
     };
 
-    let bwrap = bwrap_to_embed(&args)?;
+    let tools = tools_to_embed(&args)?;
     let mut writer = ImageWriter::create(&args.output, &launcher, &reserved)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    if let Some(bytes) = &bwrap {
-        writer.add_tool("bwrap", bytes)?;
+    for (name, bytes) in &tools {
+        writer.add_tool(name, bytes)?;
     }
     let mut total_in = 0u64;
     for (index, input) in args.rootfs.iter().enumerate() {

@@ -180,7 +180,7 @@ impl<'a> Daemon<'a> {
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
         let served = Layers::prepare(stack, identity, wanted)?;
         let isolation = namespaces::create(uid, gid)?;
-        let mut view = View::mount(served, places, (uid, gid), isolation, wanted)?;
+        let mut view = View::mount(layers.image, served, places, (uid, gid), isolation, wanted)?;
 
         let listener = match UnixListener::bind(&places.socket)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))

@@ -22,6 +22,7 @@ use super::Isolation;
 use super::overlay::{option_path, prepare_upper, tool};
 use crate::debug;
 use crate::places::Places;
+use crate::tools::{Program, Tool};
 
 /// How long a FUSE backend may take to appear in the mount table.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,13 +71,13 @@ pub fn mount_fuse(
     lower: &Path,
     context: FuseContext,
     overlay: Overlay,
-    program: &Path,
+    program: &Program,
 ) -> anyhow::Result<Helper> {
     let (uid, gid) = context.ids;
     prepare_upper(places, lower, overlay)?;
     let _step = debug::Step::new(format!("daemon: mount the overlay ({overlay})"));
     let lower = option_path(lower)?;
-    let name = tool(overlay).map_or("overlay", |t| t.program);
+    let name = tool(overlay).map_or("overlay", Tool::name);
     let mut args: Vec<OsString> = vec!["-f".into(), "-o".into()];
     match overlay {
         Overlay::Overlayfs => {
@@ -114,14 +115,19 @@ pub fn mount_fuse(
     let mountinfo = File::open("/proc/self/mountinfo").context("cannot open the mount table")?;
     let mut log = memfd(name)?;
     debug::log(format!(
+        "daemon: {name}: {} ({:?})",
+        program.path.display(),
+        program.origin
+    ));
+    debug::log(format!(
         "daemon: {} {}",
-        program.display(),
+        program.path.display(),
         args.iter()
             .map(|a| a.to_string_lossy())
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let mut command = Command::new(program);
+    let mut command = Command::new(&program.path);
     command
         .args(&args)
         .current_dir(&places.data)
@@ -142,7 +148,7 @@ pub fn mount_fuse(
     }
     let child = command
         .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
+        .with_context(|| format!("cannot start {}", program.path.display()))?;
     let pidfd = pidfd_open(child.id()).context("cannot watch the overlay backend")?;
     let mut helper = Helper { name, child, pidfd };
 

@@ -24,6 +24,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use fim_image::Image;
 use fim_layers::Stack;
 use fim_reserved::Overlay;
 use nix::mount::{MntFlags, umount2};
@@ -105,6 +106,7 @@ impl View {
     /// Mounts the layers and the writable view over them with `wanted` (or its fallback).
     /// On failure nothing stays mounted.
     pub fn mount(
+        image: &Image,
         layers: Layers,
         places: &Places,
         ids: (u32, u32),
@@ -118,7 +120,7 @@ impl View {
                 (places.layers.clone(), Some(served))
             }
         };
-        match overlay::mount_view(places, &lower, ids, isolation, wanted) {
+        match overlay::mount_view(image, places, &lower, ids, isolation, wanted) {
             Ok(mounted) => Ok(View {
                 overlay: mounted.overlay,
                 notice: mounted.notice,

@@ -17,29 +17,20 @@ use super::Isolation;
 use super::fuse_backend::{FuseContext, Helper, mount_fuse};
 use super::markers::{self, Format};
 use crate::debug;
-use crate::places::{Places, find_program};
+use crate::places::Places;
+use crate::tools::{self, Tool};
+use fim_image::Image;
 
 /// Test-only switch: with `1`, the daemon treats the kernel overlay mount as refused
 /// (`EPERM`), as a host that forbids it would, so the fallback can be tested anywhere.
 pub const REFUSE_KERNEL_OVERLAY: &str = "FIM_TEST_REFUSE_KERNEL_OVERLAY";
 
-/// The program behind a FUSE backend and the Debian package that installs it.
-pub struct Tool {
-    pub program: &'static str,
-    pub package: &'static str,
-}
-
+/// The program behind a FUSE backend; none for the kernel overlay.
 pub fn tool(overlay: Overlay) -> Option<Tool> {
     match overlay {
         Overlay::Bwrap => None,
-        Overlay::Overlayfs => Some(Tool {
-            program: "fuse-overlayfs",
-            package: "fuse-overlayfs",
-        }),
-        Overlay::Unionfs => Some(Tool {
-            program: "unionfs",
-            package: "unionfs-fuse",
-        }),
+        Overlay::Overlayfs => Some(Tool::FuseOverlayfs),
+        Overlay::Unionfs => Some(Tool::Unionfs),
     }
 }
 
@@ -57,6 +48,7 @@ pub struct Mounted {
 /// the installed FUSE backends. The upper directory's deletion markers are converted to
 /// each backend's format before it mounts.
 pub fn mount_view(
+    image: &Image,
     places: &Places,
     lower: &Path,
     ids: (u32, u32),
@@ -64,12 +56,13 @@ pub fn mount_view(
     wanted: Overlay,
 ) -> anyhow::Result<Mounted> {
     let fuse = FuseContext { ids, isolation };
-    if wanted != Overlay::Bwrap {
-        let tool = tool(wanted).context("a FUSE backend has a tool")?;
-        let program = find_program(tool.program).with_context(|| {
+    if let Some(tool) = tool(wanted) {
+        let program = tools::find(image, tool)?.with_context(|| {
             format!(
-                "{} is not installed (no {} in PATH), and the {wanted} overlay needs it: install the {} package, or choose another backend (FIM_OVERLAY=bwrap, or fim-overlay set bwrap)",
-                tool.program, tool.program, tool.package
+                "the {wanted} overlay needs {}, which the image does not embed and PATH does not hold: install the {} package, set {}, or choose another backend (FIM_OVERLAY=bwrap, or fim-overlay set bwrap)",
+                tool.name(),
+                tool.package(),
+                tool.variable()
             )
         })?;
         let helper = mount_fuse(places, lower, fuse, wanted, &program)?;
@@ -96,8 +89,8 @@ pub fn mount_view(
     let mut failures = Vec::new();
     for fallback in [Overlay::Overlayfs, Overlay::Unionfs] {
         let Some(tool) = tool(fallback) else { continue };
-        let Some(program) = find_program(tool.program) else {
-            failures.push(format!("{} is not installed", tool.program));
+        let Some(program) = tools::find(image, tool)? else {
+            failures.push(format!("{} is not available", tool.name()));
             continue;
         };
         match mount_fuse(places, lower, fuse, fallback, &program) {
@@ -106,7 +99,7 @@ pub fn mount_view(
                     overlay: fallback,
                     notice: Some(format!(
                         "overlayfs mount refused ({refused:?}), using {}",
-                        tool.package
+                        tool.package()
                     )),
                     helper: Some(helper),
                 });
@@ -200,11 +193,11 @@ mod tests {
     fn only_fuse_backends_have_tools_and_each_names_its_package() {
         assert!(tool(Overlay::Bwrap).is_none());
         assert_eq!(
-            tool(Overlay::Overlayfs).map(|t| t.package),
+            tool(Overlay::Overlayfs).map(|t| t.package()),
             Some("fuse-overlayfs")
         );
         assert_eq!(
-            tool(Overlay::Unionfs).map(|t| (t.program, t.package)),
+            tool(Overlay::Unionfs).map(|t| (t.name(), t.package())),
             Some(("unionfs", "unionfs-fuse"))
         );
     }
