@@ -12,11 +12,11 @@ use fim_image::{Image, ImageError, Updated, update_reserved};
 use fim_reserved::{BootCommand, Overlay};
 
 use crate::debug::{self, Step};
-use crate::layer_cmd;
 use crate::places::Places;
 use crate::run::{self, Launch};
 use crate::tools;
 use crate::{help, instance, settings};
+use crate::{layer_cmd, oci_boot};
 
 /// FlatImage commands that later versions of this launcher implement.
 pub const PLANNED: &[&str] = &["fim-casefold", "fim-desktop", "fim-remote", "fim-recipe"];
@@ -47,9 +47,7 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
         _ => {
             let image = self_image()?;
             let boot = image.reserved().boot().unwrap_or_else(default_boot);
-            let mut command: Vec<OsString> = vec![boot.program.into()];
-            command.extend(boot.args.into_iter().map(OsString::from));
-            command.extend(args.iter().cloned());
+            let command = oci_boot::boot_argv(&boot, args);
             run_in(image, command, root_from_env())
         }
     }
@@ -59,7 +57,7 @@ pub fn dispatch(args: &[OsString]) -> anyhow::Result<ExitCode> {
 fn default_boot() -> BootCommand {
     BootCommand {
         program: "/bin/sh".into(),
-        args: Vec::new(),
+        ..BootCommand::default()
     }
 }
 
@@ -146,9 +144,9 @@ fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
         Some("show") if args.len() == 1 => {
             let image = self_image()?;
             let boot = image.reserved().boot().unwrap_or_else(default_boot);
-            let words: Vec<String> = std::iter::once(boot.program)
-                .chain(boot.args)
-                .map(|w| quoted(&w))
+            let words: Vec<String> = oci_boot::boot_argv(&boot, &[])
+                .iter()
+                .map(|w| quoted(&w.to_string_lossy()))
                 .collect();
             println!("{}", words.join(" "));
             Ok(ExitCode::SUCCESS)

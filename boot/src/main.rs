@@ -19,6 +19,7 @@ mod layer_stack;
 mod markers;
 mod namespaces;
 mod notify;
+mod oci_boot;
 mod overlay;
 mod perms;
 mod places;

@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -23,7 +23,7 @@ use crate::perms::{self, RealHost};
 use crate::places::Places;
 use crate::sandbox::{Mount, SYSTEM_DIRS, Sandbox};
 use crate::supervise::{self, Outcome};
-use crate::{binds, instance, layer_stack, namespaces, notify, session, shim, tools};
+use crate::{binds, instance, layer_stack, namespaces, notify, oci_boot, session, shim, tools};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -85,19 +85,11 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
             .map(|d| d.to_string())
             .collect()
     };
-    let cwd = match cwd {
-        Some(dir) if open_inside(&root_dir, &dir, OFlag::O_PATH | OFlag::O_DIRECTORY).is_some() => {
-            dir
-        }
-        Some(dir) => {
-            debug::log(format!(
-                "{} is not in the image; starting in /",
-                dir.display()
-            ));
-            PathBuf::from("/")
-        }
-        None => PathBuf::from("/"),
-    };
+    let workdir = config.boot().and_then(|b| b.workdir);
+    let cwd = oci_boot::start_dir(cwd, workdir.as_deref(), |dir| {
+        open_inside(&root_dir, dir, OFlag::O_PATH | OFlag::O_DIRECTORY).is_some()
+    });
+    debug::log(format!("starting in {}", cwd.display()));
 
     let facts = RunFacts {
         image: places.image.clone().into_os_string(),
