@@ -4,6 +4,7 @@
 mod build;
 mod inspect;
 mod mount;
+mod oci;
 mod progress;
 mod tarball;
 
@@ -28,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build an image from a root filesystem (a directory or a tarball).
+    /// Build an image from a root filesystem (a directory or a tarball) or a Docker/OCI image.
     Build(build::BuildArgs),
     /// Show where everything is in an image and every config field.
     Inspect {
