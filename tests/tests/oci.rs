@@ -47,13 +47,8 @@ extern "C" fn remove_images() {
 /// The images, or `None` after printing why they cannot be made here.
 fn images(test: &str) -> Option<&'static Images> {
     let images = IMAGES.get_or_init(|| {
-        if which("buildah").is_none() {
-            return None;
-        }
-        if !is_root() {
-            return None;
-        }
-        Some(make_images())
+        which("buildah")?;
+        is_root().then(make_images)
     });
     if images.is_none() {
         skip(&format!(
