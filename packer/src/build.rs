@@ -1,4 +1,5 @@
-//! `fim build`: root filesystems (directories or tarballs) become one image.
+//! `fim build`: root filesystems (directories or tarballs), or one Docker or OCI image,
+//! become one image.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,13 +10,16 @@ use fim_layers::{BuildOptions, ContentOrder, DEFAULT_LEVEL, WhiteoutFormat};
 use fim_reserved::{BootCommand, Reserved};
 
 use crate::Whiteouts;
+use crate::oci;
 use crate::progress::Bar;
 use crate::tarball;
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
     /// Root filesystem: a directory or a .tar, .tar.gz, .tar.zst or .tar.xz file. Several
-    /// inputs become several layers, bottom first.
+    /// inputs become several layers, bottom first. Or one Docker/OCI image: a `docker
+    /// save` archive, an OCI image layout directory or an oci-archive tar.
+
     #[arg(required = true, value_name = "ROOTFS")]
     rootfs: Vec<PathBuf>,
     /// The image to write (replaced atomically if it exists).
@@ -51,6 +55,15 @@ pub struct BuildArgs {
     /// Embed no tools: the image then uses the host's bwrap, fuse-overlayfs and unionfs.
     #[arg(long)]
     no_embed_tools: bool,
+    /// Docker/OCI input: the tagged image to import when the archive holds several.
+    #[arg(long, value_name = "TAG")]
+    tag: Option<String>,
+    /// Docker/OCI input: the platform to import from a multi-platform index.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = oci::Platform::parse)]
+    platform: Option<oci::Platform>,
+    /// Docker/OCI input: merge the image's layers into one fim layer.
+    #[arg(long)]
+    squash: bool,
     /// The command the image runs by default, with its arguments. Must come last.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROG ARGS")]
     boot: Option<Vec<String>>,
@@ -162,6 +175,37 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     for input in &args.rootfs {
         std::fs::metadata(input).with_context(|| format!("{}", input.display()))?;
     }
+    let mut image_input = None;
+    for input in &args.rootfs {
+        if let Some(source) = oci::detect(input, &args.output)? {
+            if args.rootfs.len() > 1 {
+                bail!(
+                    "{} is a Docker/OCI image: build it alone (its layers become the image's layers)",
+                    input.display()
+                );
+            }
+            image_input = Some(source);
+        }
+    }
+    if image_input.is_none() && (args.tag.is_some() || args.platform.is_some() || args.squash) {
+        bail!(
+            "--tag, --platform and --squash apply to a Docker or OCI image input; {} is a root filesystem",
+            args.rootfs[0].display()
+        );
+    }
+    let plan = match image_input {
+        Some(source) => {
+            let request = oci::Request {
+                tag: args.tag.as_deref(),
+                platform: args.platform.clone(),
+            };
+            let plan = oci::plan(source, &request)
+                .with_context(|| format!("{}", args.rootfs[0].display()))?;
+            eprintln!("fim: importing {}", plan.describe());
+            Some(plan)
+        }
+        None => None,
+    };
     let launcher_path = match &args.launcher {
         Some(p) => p.clone(),
         None => default_launcher()?,
@@ -170,10 +214,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         .with_context(|| format!("launcher {}", launcher_path.display()))?;
 
     let mut reserved = Reserved::new();
+    if let Some(plan) = &plan {
+        plan.apply(&mut reserved)?;
+    }
     if let Some(boot) = &args.boot {
         let (program, rest) = boot.split_first().context("--boot needs a program")?;
-        let command = BootCommand::new(program.clone(), rest.to_vec())
+        let mut command = BootCommand::new(program.clone(), rest.to_vec())
             .map_err(|e| anyhow::anyhow!("--boot: {e}"))?;
+        command.workdir = plan.as_ref().and_then(oci::Plan::workdir);
         reserved
             .set_boot(Some(&command))
             .map_err(|e| anyhow::anyhow!("--boot: {e}"))?;
@@ -201,7 +249,15 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         writer.add_tool(name, bytes)?;
     }
     let mut total_in = 0u64;
-    for (index, input) in args.rootfs.iter().enumerate() {
+    if let Some(plan) = &plan {
+        total_in = plan.write_layers(&mut writer, &options, args.squash, &args.output)?;
+    }
+    let rootfs = if plan.is_some() {
+        &[][..]
+    } else {
+        &args.rootfs[..]
+    };
+    for (index, input) in rootfs.iter().enumerate() {
         let staged = stage(input, &args.output)?;
         let bar = Bar::new(&format!("layer {index}"));
         let stats = writer

@@ -21,12 +21,15 @@ struct Report {
     trailer: TrailerPart,
 }
 
-/// A program the image carries (a static bwrap).
+/// A program the image carries (a static bwrap, fuse-overlayfs, unionfs).
 #[derive(Serialize)]
 struct ToolPart {
     name: String,
     offset: u64,
+    /// Bytes stored: one zstd frame when `compressed`.
     size: u64,
+    compressed: bool,
+    /// BLAKE3 of the program itself.
     digest: String,
 }
 
@@ -119,6 +122,7 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
                 name: t.name.clone(),
                 offset: t.offset,
                 size: t.size,
+                compressed: t.compressed,
                 digest: hex(&t.digest),
             })
             .collect(),
@@ -157,11 +161,12 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
     }
     for t in &report.tools {
         println!(
-            "tool {:<5} offset {}, {} ({} bytes), blake3 {}",
+            "tool {:<5} offset {}, {} ({} bytes{}), blake3 {}",
             t.name,
             t.offset,
             human(t.size),
             t.size,
+            if t.compressed { ", zstd" } else { "" },
             t.digest
         );
     }

@@ -4,6 +4,7 @@
 mod build;
 mod inspect;
 mod mount;
+mod oci;
 mod progress;
 mod tarball;
 
@@ -28,8 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build an image from a root filesystem (a directory or a tarball).
-    Build(build::BuildArgs),
+    /// Build an image from a root filesystem (a directory or a tarball) or a Docker/OCI image.
+    Build(Box<build::BuildArgs>),
     /// Show where everything is in an image and every config field.
     Inspect {
         image: PathBuf,
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Build(args) => build::run(args),
+        Command::Build(args) => build::run(*args),
         Command::Inspect { image, json } => inspect::inspect(&image, json),
         Command::Verify { image } => inspect::verify(&image),
         Command::Extract { image, dir, layer } => inspect::extract(&image, &dir, layer),

@@ -19,6 +19,7 @@ pub enum Compression {
     Xz,
 }
 
+/// The compression of a stream from its first bytes (6 are enough).
 pub fn sniff(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
@@ -42,6 +43,17 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new(file)),
     };
+    let count = unpack_stream(reader, dest)?;
+    if count == 0 {
+        bail!("the archive is empty or not a tar archive");
+    }
+    Ok(())
+}
+
+/// Unpacks an uncompressed tar stream into `dest` (an image layer, or a root filesystem
+/// tarball); returns how many entries it had. `.wh.` markers are unpacked as the plain
+/// files they are: the layer builder's `WhiteoutFormat::Oci` reads them.
+pub fn unpack_stream(reader: impl Read, dest: &Path) -> anyhow::Result<u64> {
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut archive = tar::Archive::new(reader);
@@ -92,9 +104,6 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
             set_mtime(&path, pax.mtime)?;
         }
     }
-    if count == 0 {
-        bail!("the archive is empty or not a tar archive");
-    }
     // Deepest first, so setting a parent's mtime comes after its children are in place.
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (path, pax) in dirs {
@@ -107,7 +116,7 @@ pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
         set_mode(&path, pax.mode)?;
         set_mtime(&path, pax.mtime)?;
     }
-    Ok(())
+    Ok(count)
 }
 
 /// What an entry's header and pax records say beyond what the tar crate applies.

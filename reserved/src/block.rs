@@ -10,7 +10,7 @@ use crate::error::ReservedError;
 use crate::flags::{Overlay, Permissions, Unshare};
 use crate::layout::*;
 use crate::payload::{
-    Bind, BootCommand, EnvVar, Icon, decode_desktop, decode_remote, validate_desktop,
+    Bind, BootCommand, EnvVar, Icon, Origin, decode_desktop, decode_remote, validate_desktop,
     validate_remote,
 };
 use crate::summary::{IconSummary, RegionUsage, ReservedSummary};
@@ -34,6 +34,7 @@ struct Parsed {
     desktop: Option<(String, serde_json::Value)>,
     icon: Option<Icon>,
     remote: Option<String>,
+    origin: Option<Origin>,
 }
 
 fn read_u16(bytes: &[u8], offset: usize) -> u16 {
@@ -100,7 +101,11 @@ impl Reserved {
     pub fn new() -> Self {
         let mut bytes = vec![0u8; BLOCK_SIZE];
         write(&mut bytes, MAGIC_OFFSET, &MAGIC);
-        write(&mut bytes, VERSION_OFFSET, &LAYOUT_VERSION.to_le_bytes());
+        write(
+            &mut bytes,
+            VERSION_OFFSET,
+            &FIRST_LAYOUT_VERSION.to_le_bytes(),
+        );
         write(&mut bytes, SIZE_OFFSET, &(BLOCK_SIZE as u32).to_le_bytes());
         Reserved {
             bytes,
@@ -123,7 +128,7 @@ impl Reserved {
             return Err(ReservedError::BadMagic { found: magic });
         }
         let version = read_u32(bytes, VERSION_OFFSET);
-        if version != LAYOUT_VERSION {
+        if !(FIRST_LAYOUT_VERSION..=LAYOUT_VERSION).contains(&version) {
             return Err(ReservedError::UnsupportedVersion {
                 found: version,
                 supported: LAYOUT_VERSION,
@@ -165,6 +170,10 @@ impl Reserved {
         check_zero(bytes, "head", HEAD_PADDING_OFFSET, HEAD_PADDING_SIZE)?;
         check_zero(bytes, "header", HEADER_PADDING_OFFSET, HEADER_PADDING_SIZE)?;
         check_zero(bytes, "tail", TAIL_OFFSET, TAIL_SIZE)?;
+        if version == 1 {
+            // Version 1 had no origin region: those bytes were its tail.
+            check_zero(bytes, "tail", ORIGIN_OFFSET, ORIGIN_SIZE)?;
+        }
 
         let mut parsed = Parsed::default();
         for region in Region::ALL {
@@ -183,7 +192,15 @@ impl Reserved {
                 Region::Desktop => parsed.desktop = Some(decode_desktop(payload).map_err(wrap)?),
                 Region::Icon => parsed.icon = Some(Icon::decode(payload).map_err(wrap)?),
                 Region::Remote => parsed.remote = Some(decode_remote(payload).map_err(wrap)?),
+                Region::Origin => parsed.origin = Some(Origin::decode(payload).map_err(wrap)?),
             }
+        }
+        let expected = needed_version(&parsed);
+        if version != expected {
+            return Err(ReservedError::WrongVersion {
+                found: version,
+                expected,
+            });
         }
 
         let mut bytes = bytes.to_vec();
@@ -335,10 +352,30 @@ impl Reserved {
         Ok(())
     }
 
+    /// Where an imported image came from.
+    pub fn origin(&self) -> Option<Origin> {
+        self.parsed.origin.clone()
+    }
+
+    /// Setting an origin makes the block layout version 2; clearing it, 1 again.
+    pub fn set_origin(&mut self, origin: Option<&Origin>) -> Result<(), ReservedError> {
+        let payload = origin.map(Origin::encode).transpose()?.unwrap_or_default();
+        self.write_region(Region::Origin, &payload)?;
+        self.parsed.origin = origin.cloned();
+        let version = needed_version(&self.parsed);
+        write(&mut self.bytes, VERSION_OFFSET, &version.to_le_bytes());
+        Ok(())
+    }
+
+    /// The layout version this block records.
+    pub fn layout_version(&self) -> u32 {
+        read_u32(&self.bytes, VERSION_OFFSET)
+    }
+
     /// Every field decoded into human-meaningful values, for `inspect --json`.
     pub fn summary(&self) -> ReservedSummary {
         ReservedSummary {
-            layout_version: LAYOUT_VERSION,
+            layout_version: self.layout_version(),
             block_size: BLOCK_SIZE,
             checksum: format!("{:#018x}", self.checksum()),
             permissions: self.permissions().names(),
@@ -355,6 +392,7 @@ impl Reserved {
                 size: icon.data.len(),
             }),
             remote: self.remote(),
+            origin: self.origin(),
             regions: Region::ALL
                 .into_iter()
                 .map(|region| RegionUsage {
@@ -387,6 +425,15 @@ impl Reserved {
         );
         write(&mut self.bytes, region.payload_offset(), payload);
         Ok(())
+    }
+}
+
+/// The lowest layout version that holds what `parsed` holds.
+fn needed_version(parsed: &Parsed) -> u32 {
+    if parsed.origin.is_some() {
+        2
+    } else {
+        FIRST_LAYOUT_VERSION
     }
 }
 
@@ -573,11 +620,11 @@ mod tests {
     #[test]
     fn decode_rejects_other_layout_version_and_block_size() {
         let mut bytes = Reserved::new().to_bytes();
-        write(&mut bytes, VERSION_OFFSET, &2u32.to_le_bytes());
+        write(&mut bytes, VERSION_OFFSET, &3u32.to_le_bytes());
         reseal(&mut bytes);
         assert_eq!(
             Reserved::decode(&bytes).unwrap_err().to_string(),
-            "reserved block: unsupported layout version 2 (this build reads version 1)"
+            "reserved block: unsupported layout version 3 (this build reads versions 1 to 2)"
         );
         let mut bytes = Reserved::new().to_bytes();
         write(&mut bytes, SIZE_OFFSET, &4_194_304u32.to_le_bytes());
@@ -814,7 +861,7 @@ mod tests {
         let before = r.to_bytes();
         let bad_boot = BootCommand {
             program: String::new(),
-            args: vec![],
+            ..BootCommand::default()
         };
         assert!(r.set_boot(Some(&bad_boot)).is_err());
         let bad_var = EnvVar {
@@ -875,6 +922,72 @@ mod tests {
         r.set_boot(Some(&boot)).unwrap();
         let back = Reserved::decode(&r.to_bytes()).unwrap();
         assert_eq!(back.boot(), Some(boot));
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            format: "docker-archive".into(),
+            reference: Some("localhost/app:latest".into()),
+            digest: None,
+            config: format!("sha256:{}", "c".repeat(64)),
+        }
+    }
+
+    #[test]
+    fn an_origin_makes_the_block_version_2_and_clearing_it_version_1_again() {
+        let plain = Reserved::new().to_bytes();
+        let mut r = Reserved::new();
+        r.set_origin(Some(&origin())).unwrap();
+        assert_eq!(r.layout_version(), 2);
+        let bytes = r.to_bytes();
+        assert_eq!(read_u32(&bytes, VERSION_OFFSET), 2);
+        let back = Reserved::decode(&bytes).unwrap();
+        assert_eq!(back.origin(), Some(origin()));
+        assert_eq!(back.summary().layout_version, 2);
+        r.set_origin(None).unwrap();
+        assert_eq!(
+            r.to_bytes(),
+            plain,
+            "a block without origin is version 1, as before"
+        );
+    }
+
+    #[test]
+    fn version_1_blocks_keep_the_origin_bytes_zero_and_version_2_needs_an_origin() {
+        let mut with_origin = Reserved::new();
+        with_origin.set_origin(Some(&origin())).unwrap();
+        let mut bytes = with_origin.to_bytes();
+        write(&mut bytes, VERSION_OFFSET, &1u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert!(matches!(
+            Reserved::decode(&bytes),
+            Err(ReservedError::NonZeroPadding { field: "tail", .. })
+        ));
+        let mut bytes = Reserved::new().to_bytes();
+        write(&mut bytes, VERSION_OFFSET, &2u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert_eq!(
+            Reserved::decode(&bytes),
+            Err(ReservedError::WrongVersion {
+                found: 2,
+                expected: 1
+            })
+        );
+    }
+
+    #[test]
+    fn docker_boot_command_round_trips_in_a_version_1_block() {
+        let mut r = Reserved::new();
+        let boot = BootCommand::from_docker(
+            &["/bin/echo".into(), "hi".into()],
+            &["x".into()],
+            Some("/w"),
+        )
+        .unwrap();
+        r.set_boot(Some(&boot)).unwrap();
+        let back = Reserved::decode(&r.to_bytes()).unwrap();
+        assert_eq!(back.boot(), Some(boot));
+        assert_eq!(back.layout_version(), 1);
     }
 
     #[test]

@@ -12,9 +12,13 @@ pub enum ReservedError {
     BadMagic { found: [u8; 8] },
 
     #[error(
-        "reserved block: unsupported layout version {found} (this build reads version {supported})"
+        "reserved block: unsupported layout version {found} (this build reads versions 1 to {supported})"
     )]
     UnsupportedVersion { found: u32, supported: u32 },
+
+    /// A block records the lowest layout version that describes it.
+    #[error("reserved block: layout version {found} recorded where {expected} describes the block")]
+    WrongVersion { found: u32, expected: u32 },
 
     #[error("reserved block: recorded block size {found} does not match {expected}")]
     BlockSizeMismatch { found: u32, expected: usize },
@@ -86,6 +90,9 @@ pub enum ReservedError {
 
     #[error("invalid desktop entry: {0}")]
     InvalidDesktop(String),
+
+    #[error("invalid origin: {0}")]
+    InvalidOrigin(String),
 
     #[error("invalid icon: {0}")]
     InvalidIcon(String),

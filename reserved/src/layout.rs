@@ -22,8 +22,12 @@ pub const MAGIC_OFFSET: usize = 16;
 pub const MAGIC: [u8; 8] = *b"FIMCONF\0";
 
 pub const VERSION_OFFSET: usize = 24;
-/// The only layout this crate reads and writes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The newest layout this crate reads and writes. Version 2 added the origin region;
+/// a block records the lowest version that describes it, so a block without an origin
+/// is written as version 1, byte for byte as before.
+pub const LAYOUT_VERSION: u32 = 2;
+/// The oldest layout this crate reads.
+pub const FIRST_LAYOUT_VERSION: u32 = 1;
 
 /// The block records its own size so a reader can reject a block cut from a
 /// file written by a build with a different `BLOCK_SIZE`.
@@ -69,8 +73,13 @@ pub const REMOTE_OFFSET: usize = ICON_OFFSET + ICON_SIZE;
 pub const REMOTE_SIZE: usize = 4_096;
 pub const REMOTE_CAPACITY: usize = REMOTE_SIZE - REGION_LENGTH_SIZE;
 
+/// Layout version 2: where an imported image came from.
+pub const ORIGIN_OFFSET: usize = REMOTE_OFFSET + REMOTE_SIZE;
+pub const ORIGIN_SIZE: usize = 4_096;
+pub const ORIGIN_CAPACITY: usize = ORIGIN_SIZE - REGION_LENGTH_SIZE;
+
 /// Zero bytes kept free so future fields can be added without resizing.
-pub const TAIL_OFFSET: usize = REMOTE_OFFSET + REMOTE_SIZE;
+pub const TAIL_OFFSET: usize = ORIGIN_OFFSET + ORIGIN_SIZE;
 pub const TAIL_SIZE: usize = BLOCK_SIZE - TAIL_OFFSET;
 
 // The published layout is a contract; fail the build if arithmetic drifts.
@@ -80,8 +89,9 @@ const _: () = {
     assert!(DESKTOP_OFFSET == 139_328);
     assert!(ICON_OFFSET == 143_424);
     assert!(REMOTE_OFFSET == 405_568);
-    assert!(TAIL_OFFSET == 409_664);
-    assert!(TAIL_SIZE == 114_624);
+    assert!(ORIGIN_OFFSET == 409_664);
+    assert!(TAIL_OFFSET == 413_760);
+    assert!(TAIL_SIZE == 110_528);
     // Region lengths and the recorded size are stored as u32.
     assert!(BLOCK_SIZE <= u32::MAX as usize);
     assert!(HEAD_PADDING_OFFSET + HEAD_PADDING_SIZE == MAGIC_OFFSET);
@@ -141,7 +151,7 @@ pub const FIELDS: &[FieldSpec] = &[
         name: "layout_version",
         offset: VERSION_OFFSET,
         size: 4,
-        description: "u32 LE, currently 1",
+        description: "u32 LE: 1, or 2 when the origin region is set",
     },
     FieldSpec {
         name: "block_size",
@@ -171,7 +181,7 @@ pub const FIELDS: &[FieldSpec] = &[
         name: "boot",
         offset: BOOT_OFFSET,
         size: BOOT_SIZE,
-        description: "region: u32 LE length + JSON {\"program\": str, \"args\": [str]}",
+        description: "region: u32 LE length + JSON {\"program\": str, \"args\": [str], \"cmd\": [str], \"workdir\": str}",
     },
     FieldSpec {
         name: "environment",
@@ -204,6 +214,12 @@ pub const FIELDS: &[FieldSpec] = &[
         description: "region: u32 LE length + UTF-8 URL",
     },
     FieldSpec {
+        name: "origin",
+        offset: ORIGIN_OFFSET,
+        size: ORIGIN_SIZE,
+        description: "region (layout 2): u32 LE length + JSON {\"format\", \"reference\", \"digest\", \"config\"}",
+    },
+    FieldSpec {
         name: "tail",
         offset: TAIL_OFFSET,
         size: TAIL_SIZE,
@@ -220,16 +236,18 @@ pub(crate) enum Region {
     Desktop,
     Icon,
     Remote,
+    Origin,
 }
 
 impl Region {
-    pub(crate) const ALL: [Region; 6] = [
+    pub(crate) const ALL: [Region; 7] = [
         Region::Boot,
         Region::Env,
         Region::Binds,
         Region::Desktop,
         Region::Icon,
         Region::Remote,
+        Region::Origin,
     ];
 
     /// Human name used in error messages and the summary.
@@ -241,6 +259,7 @@ impl Region {
             Region::Desktop => "desktop entry",
             Region::Icon => "icon",
             Region::Remote => "remote URL",
+            Region::Origin => "origin",
         }
     }
 
@@ -252,6 +271,7 @@ impl Region {
             Region::Desktop => DESKTOP_OFFSET,
             Region::Icon => ICON_OFFSET,
             Region::Remote => REMOTE_OFFSET,
+            Region::Origin => ORIGIN_OFFSET,
         }
     }
 
@@ -263,6 +283,7 @@ impl Region {
             Region::Desktop => DESKTOP_SIZE,
             Region::Icon => ICON_SIZE,
             Region::Remote => REMOTE_SIZE,
+            Region::Origin => ORIGIN_SIZE,
         }
     }
 
@@ -302,6 +323,7 @@ mod tests {
         assert_eq!(DESKTOP_CAPACITY, 4_092);
         assert_eq!(ICON_CAPACITY, 262_140);
         assert_eq!(REMOTE_CAPACITY, 4_092);
+        assert_eq!(ORIGIN_CAPACITY, 4_092);
         for region in Region::ALL {
             assert_eq!(region.capacity(), region.size() - 4);
         }
@@ -309,7 +331,15 @@ mod tests {
 
     #[test]
     fn regions_match_their_field_rows() {
-        let names = ["boot", "environment", "binds", "desktop", "icon", "remote"];
+        let names = [
+            "boot",
+            "environment",
+            "binds",
+            "desktop",
+            "icon",
+            "remote",
+            "origin",
+        ];
         for (region, name) in Region::ALL.into_iter().zip(names) {
             let row = FIELDS.iter().find(|f| f.name == name);
             assert_eq!(

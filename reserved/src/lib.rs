@@ -29,5 +29,5 @@ pub use block::Reserved;
 pub use error::ReservedError;
 pub use flags::{Overlay, Permissions, Unshare};
 pub use layout::*;
-pub use payload::{Bind, BindKind, BootCommand, EnvVar, Icon};
+pub use payload::{Bind, BindKind, BootCommand, EnvVar, Icon, Origin};
 pub use summary::{IconSummary, RegionUsage, ReservedSummary};

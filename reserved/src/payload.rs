@@ -19,12 +19,25 @@ fn malformed(e: serde_json::Error) -> ReservedError {
 }
 
 /// What the launcher runs when the image is started without a command.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// FlatImage's form is `program` + `args`, with the arguments given at run time
+/// appended. An image imported from OCI/Docker keeps Docker's split: `program` +
+/// `args` are its Entrypoint (`program` may then be empty) and `cmd` its Cmd, which
+/// arguments given at run time replace. `workdir` is where the app starts when the
+/// caller's directory is not visible inside the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootCommand {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub program: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Docker's Cmd: the default arguments, replaced by any given at run time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Docker's WorkingDir: an absolute path inside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
 }
 
 impl BootCommand {
@@ -36,26 +49,74 @@ impl BootCommand {
         let boot = BootCommand {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
+            ..BootCommand::default()
         };
         boot.validate()?;
         Ok(boot)
     }
 
-    /// The program must name something and every string must survive
-    /// becoming a C string for `execve`.
+    /// Docker's Entrypoint and Cmd, with its working directory. An empty Entrypoint
+    /// makes the whole command Cmd, so that run-time arguments replace all of it.
+    pub fn from_docker(
+        entrypoint: &[String],
+        cmd: &[String],
+        workdir: Option<&str>,
+    ) -> Result<Self, ReservedError> {
+        let (program, args) = match entrypoint.split_first() {
+            Some((program, args)) => (program.clone(), args.to_vec()),
+            None => (String::new(), Vec::new()),
+        };
+        let boot = BootCommand {
+            program,
+            args,
+            cmd: cmd.to_vec(),
+            workdir: workdir.map(str::to_owned),
+        };
+        boot.validate()?;
+        Ok(boot)
+    }
+
+    /// The words run for `run_args` given at launch: the program (if any) and `args`,
+    /// then `run_args` when there are any, else `cmd` (Docker's rule; with no `cmd`
+    /// this is FlatImage's: run-time arguments are appended).
+    pub fn argv<'a>(&'a self, run_args: &'a [String]) -> impl Iterator<Item = &'a String> {
+        let tail = if run_args.is_empty() {
+            &self.cmd
+        } else {
+            run_args
+        };
+        (!self.program.is_empty())
+            .then_some(&self.program)
+            .into_iter()
+            .chain(&self.args)
+            .chain(tail)
+    }
+
+    /// Something must be run and every string must survive becoming a C string for
+    /// `execve`; the working directory must be absolute.
     pub fn validate(&self) -> Result<(), ReservedError> {
-        if self.program.is_empty() {
-            return Err(ReservedError::InvalidBoot("program is empty".into()));
+        let invalid = |why: String| Err(ReservedError::InvalidBoot(why));
+        if self.program.is_empty() && self.cmd.is_empty() {
+            return invalid("program is empty".into());
+        }
+        if self.program.is_empty() && !self.args.is_empty() {
+            return invalid("arguments without a program".into());
         }
         if has_nul(&self.program) {
-            return Err(ReservedError::InvalidBoot(
-                "program contains a NUL byte".into(),
-            ));
+            return invalid("program contains a NUL byte".into());
         }
         if let Some(i) = self.args.iter().position(|a| has_nul(a)) {
-            return Err(ReservedError::InvalidBoot(format!(
-                "argument {i} contains a NUL byte"
-            )));
+            return invalid(format!("argument {i} contains a NUL byte"));
+        }
+        if let Some(i) = self.cmd.iter().position(|a| has_nul(a)) {
+            return invalid(format!("cmd word {i} contains a NUL byte"));
+        }
+        if let Some(dir) = &self.workdir
+            && (!dir.starts_with('/') || has_nul(dir))
+        {
+            return invalid(format!(
+                "working directory '{dir}' must be an absolute path without NUL"
+            ));
         }
         Ok(())
     }
@@ -70,6 +131,80 @@ impl BootCommand {
         boot.validate()?;
         Ok(boot)
     }
+}
+
+/// Where an image's layers and settings were imported from (`fim build` of a Docker
+/// or OCI image), so that `fim inspect` can say so.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// `docker-archive`, `oci-archive` or `oci-layout`.
+    pub format: String,
+    /// The name the source gave the image (`localhost/app:latest`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Digest of the OCI manifest (`sha256:...`); a Docker archive has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Digest of the image config: the image ID `docker images` shows.
+    pub config: String,
+}
+
+impl Origin {
+    /// Every field is one printable word, so it can be shown and passed on as is.
+    pub fn validate(&self) -> Result<(), ReservedError> {
+        let word = |name: &str, value: &str| {
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Err(ReservedError::InvalidOrigin(format!(
+                    "{name} '{value}' must be one word without control characters"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        word("format", &self.format)?;
+        if let Some(reference) = &self.reference {
+            word("reference", reference)?;
+        }
+        for (name, digest) in [
+            ("digest", self.digest.as_deref()),
+            ("config", Some(&self.config)),
+        ] {
+            let Some(digest) = digest else { continue };
+            if !is_digest(digest) {
+                return Err(ReservedError::InvalidOrigin(format!(
+                    "{name} '{digest}' is not a digest (ALGORITHM:HEX)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, ReservedError> {
+        self.validate()?;
+        serde_json::to_vec(self).map_err(malformed)
+    }
+
+    pub(crate) fn decode(payload: &[u8]) -> Result<Self, ReservedError> {
+        let origin: Origin = serde_json::from_slice(payload).map_err(malformed)?;
+        origin.validate()?;
+        Ok(origin)
+    }
+}
+
+/// The OCI digest grammar: `algorithm:encoded`, e.g. `sha256:` and 64 hex digits.
+fn is_digest(text: &str) -> bool {
+    let Some((algorithm, encoded)) = text.split_once(':') else {
+        return false;
+    };
+    !algorithm.is_empty()
+        && algorithm
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+        && !encoded.is_empty()
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b))
 }
 
 /// One `KEY=VALUE` variable exported to the app. Serializes as that string.
@@ -573,6 +708,69 @@ mod tests {
             Vec::<String>::new()
         );
         assert!(BootCommand::decode(br#"{"program":"app","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn docker_rule_run_args_replace_cmd_and_keep_entrypoint() {
+        let words = |boot: &BootCommand, run: &[&str]| -> Vec<String> {
+            let run: Vec<String> = run.iter().map(|s| s.to_string()).collect();
+            boot.argv(&run).cloned().collect()
+        };
+        let both = BootCommand::from_docker(
+            &["/bin/echo".into(), "hi".into()],
+            &["x".into()],
+            Some("/srv"),
+        )
+        .unwrap();
+        assert_eq!(words(&both, &[]), ["/bin/echo", "hi", "x"]);
+        assert_eq!(words(&both, &["y", "z"]), ["/bin/echo", "hi", "y", "z"]);
+        let cmd_only = BootCommand::from_docker(&[], &["sh".into(), "-c".into()], None).unwrap();
+        assert_eq!(words(&cmd_only, &[]), ["sh", "-c"]);
+        assert_eq!(words(&cmd_only, &["ls", "/"]), ["ls", "/"]);
+        let entry_only = BootCommand::from_docker(&["app".into()], &[], None).unwrap();
+        assert_eq!(words(&entry_only, &["y"]), ["app", "y"]);
+        let flatimage = BootCommand::new("app", ["--x"]).unwrap();
+        assert_eq!(words(&flatimage, &["y"]), ["app", "--x", "y"]);
+        assert!(BootCommand::from_docker(&[], &[], None).is_err());
+    }
+
+    #[test]
+    fn docker_boot_json_keeps_entrypoint_cmd_and_workdir_apart() {
+        let boot =
+            BootCommand::from_docker(&["/bin/echo".into()], &["x".into()], Some("/srv")).unwrap();
+        let json = boot.encode().unwrap();
+        assert_eq!(
+            json,
+            br#"{"program":"/bin/echo","args":[],"cmd":["x"],"workdir":"/srv"}"#
+        );
+        assert_eq!(BootCommand::decode(&json).unwrap(), boot);
+        let cmd_only = BootCommand::decode(br#"{"cmd":["sh"]}"#).unwrap();
+        assert_eq!(cmd_only.program, "");
+        assert!(BootCommand::decode(br#"{"args":["x"],"cmd":["sh"]}"#).is_err());
+        assert!(BootCommand::decode(br#"{"program":"a","workdir":"rel"}"#).is_err());
+        assert!(BootCommand::decode(br#"{"program":"a","cmd":["\u0000"]}"#).is_err());
+    }
+
+    #[test]
+    fn origin_fields_are_words_and_digests() {
+        let origin = Origin {
+            format: "oci-archive".into(),
+            reference: Some("localhost/app:latest".into()),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+            config: format!("sha256:{}", "b".repeat(64)),
+        };
+        let json = origin.encode().unwrap();
+        assert_eq!(Origin::decode(&json).unwrap(), origin);
+        let bad = |f: fn(&mut Origin)| {
+            let mut o = origin.clone();
+            f(&mut o);
+            o.validate().is_err()
+        };
+        assert!(bad(|o| o.config = "abc".into()));
+        assert!(bad(|o| o.digest = Some("sha256:".into())));
+        assert!(bad(|o| o.reference = Some("a b".into())));
+        assert!(bad(|o| o.format = String::new()));
+        assert!(Origin::decode(br#"{"format":"x","config":"sha256:ab","y":1}"#).is_err());
     }
 
     #[test]

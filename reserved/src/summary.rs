@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::flags::Overlay;
-use crate::payload::{Bind, BootCommand, EnvVar};
+use crate::payload::{Bind, BootCommand, EnvVar, Origin};
 
 /// Every field of a block, decoded. Flags are listed by name, the overlay by
 /// name or `null`, environment entries as `"KEY=VALUE"` strings.
@@ -26,6 +26,8 @@ pub struct ReservedSummary {
     /// Extension and size only; the image bytes are not useful as JSON.
     pub icon: Option<IconSummary>,
     pub remote: Option<String>,
+    /// Where an imported image came from (layout version 2).
+    pub origin: Option<Origin>,
     /// How full each region is, so users see how close they are to a limit.
     pub regions: Vec<RegionUsage>,
 }

@@ -253,7 +253,7 @@ fn image_commands_version_help_and_unknown() {
     assert_eq!(v.stdout.trim(), VERSION);
     let full = image_run(&image, &["fim-version", "full"]);
     full.assert_ok();
-    assert!(full.stdout.contains("image format 2"), "{}", full.stdout);
+    assert!(full.stdout.contains("image format 3"), "{}", full.stdout);
     let help = image_run(&image, &["fim-help"]);
     help.assert_ok();
     for cmd in ["fim-overlay", "fim-version", "fim-help"] {

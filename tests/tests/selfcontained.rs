@@ -103,8 +103,14 @@ fn the_launcher_and_the_embedded_bwrap_are_static() {
         .find(|t| t["name"] == "bwrap")
         .expect("an embedded bwrap");
     let (offset, size) = (number(bwrap, "offset"), number(bwrap, "size"));
+    let stored = &bytes[offset..offset + size];
+    // Stored as one zstd frame; the digest is the program's own.
+    assert_eq!(bwrap["compressed"], true, "{bwrap}");
+    let program = zstd::decode_all(stored).expect("a zstd frame");
+    assert!(program.len() > size, "compression saved nothing");
+    assert_eq!(bwrap["digest"], blake3::hash(&program).to_hex().as_str());
     let path = dir.path().join("bwrap");
-    std::fs::write(&path, &bytes[offset..offset + size]).expect("write");
+    std::fs::write(&path, &program).expect("write");
     assert_static(&path, "the embedded bwrap");
 
     let deps = run(Command::new(&image).args(["fim-version", "deps"]));
@@ -130,9 +136,15 @@ fn an_image_without_tools_needs_the_hosts_bwrap_and_says_so() {
         &["--level", "3", "--no-embed-tools"],
     );
     let deps = app.run(["fim-version", "deps"]);
-    assert_eq!(
-        deps.stdout,
-        "embedded tools: none (the host's bwrap is used)\n"
+    deps.assert_ok();
+    assert!(
+        !deps.stdout.contains("embedded")
+            && deps
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("bwrap: ") && l.ends_with(" from PATH)")),
+        "{}",
+        deps.stdout
     );
     app.sh("true").assert_ok();
     let bin = empty_path(&app);

@@ -10,13 +10,17 @@ use super::Command;
 use super::args::quoted;
 use super::exec::default_boot;
 use super::image::{change_reserved, self_image};
+use crate::sandbox::start;
 
 pub const BOOT: Command = Command {
     name: "fim-boot",
     synopsis: "fim-boot set PROGRAM [ARGS...] | fim-boot show | fim-boot clear",
     summary: "Store the command the image runs when started without a fim- command.",
     help: "The default is /bin/sh. Arguments given at run time are appended. `fim build --boot`\n\
-           sets it too. `show` prints it as a shell would read it back.",
+           sets it too. An image imported from Docker or OCI keeps their rule instead: its\n\
+           Entrypoint is the command, and arguments given at run time replace its Cmd.\n\
+           `show` prints the command a run without arguments executes, as a shell would read\n\
+           it back.",
     run: Some(run),
 };
 
@@ -46,9 +50,9 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
         Some("show") if args.len() == 1 => {
             let image = self_image()?;
             let boot = image.reserved().boot().unwrap_or_else(default_boot);
-            let words: Vec<String> = std::iter::once(boot.program)
-                .chain(boot.args)
-                .map(|w| quoted(&w))
+            let words: Vec<String> = start::boot_argv(&boot, &[])
+                .iter()
+                .map(|w| quoted(&w.to_string_lossy()))
                 .collect();
             println!("{}", words.join(" "));
             Ok(ExitCode::SUCCESS)

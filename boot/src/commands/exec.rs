@@ -14,6 +14,7 @@ use super::image::self_image;
 use super::overlay::effective_overlay;
 use crate::debug;
 use crate::sandbox::run::{self, Launch};
+use crate::sandbox::start;
 
 pub const EXEC: Command = Command {
     name: "fim-exec",
@@ -84,9 +85,7 @@ pub fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut command: Vec<OsString> = vec![boot.program.into()];
-    command.extend(boot.args.into_iter().map(OsString::from));
-    command.extend(args.iter().cloned());
+    let command = start::boot_argv(&boot, args);
     run_in(image, command, root_from_env())
 }
 
@@ -94,12 +93,12 @@ pub fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
 pub fn default_boot() -> BootCommand {
     BootCommand {
         program: "/bin/sh".into(),
-        args: Vec::new(),
+        ..BootCommand::default()
     }
 }
 
 fn is_default_shell(boot: &BootCommand) -> bool {
-    boot.args.is_empty() && matches!(boot.program.as_str(), "/bin/sh" | "sh")
+    boot.args.is_empty() && boot.cmd.is_empty() && matches!(boot.program.as_str(), "/bin/sh" | "sh")
 }
 
 fn asks_for_help(args: &[OsString]) -> bool {
@@ -149,6 +148,7 @@ mod tests {
         let set = |program: &str, args: &[&str]| BootCommand {
             program: program.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            ..BootCommand::default()
         };
         assert!(is_default_shell(&set("sh", &[])));
         assert!(!is_default_shell(&set("/bin/sh", &["-c", "app"])));

@@ -17,10 +17,11 @@ pub const OVERLAY: Command = Command {
     name: "fim-overlay",
     synopsis: "fim-overlay set bwrap|overlayfs|unionfs | fim-overlay show",
     summary: "Choose the backend of the writable overlay, stored in the image (reserved byte 9).",
-    help: "bwrap: the kernel's overlayfs (fastest). overlayfs: fuse-overlayfs from the host's\n\
-           PATH (package fuse-overlayfs). unionfs: `unionfs -o cow` (package unionfs-fuse; no\n\
-           xattrs). If the kernel refuses its overlay, the installed FUSE backend takes over\n\
-           and one line says so. All three share the upper directory in the data directory:\n\
+    help: "bwrap: the kernel's overlayfs (fastest). overlayfs: fuse-overlayfs. unionfs:\n\
+           `unionfs -o cow` (no xattrs). The FUSE programs are FIM_FUSE_OVERLAYFS and\n\
+           FIM_UNIONFS when set, else the image's embedded copies, else the host's (packages\n\
+           fuse-overlayfs, unionfs-fuse). If the kernel refuses its overlay, an available FUSE\n\
+           backend takes over and one line says so. All three share the upper directory in the data directory:\n\
            switching keeps every change, deleted files included. Instances running together\n\
            share one backend: a new choice applies once they have all exited.\n\
            `show` prints the effective type: the FIM_OVERLAY environment variable beats the\n\

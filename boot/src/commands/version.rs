@@ -15,7 +15,9 @@ pub const VERSION: Command = Command {
     synopsis: "fim-version [short|full|deps]",
     summary: "Print the launcher version.",
     help: "`full` adds the image, layer and reserved-block format versions; `deps` lists the\n\
-           tools embedded in the image with their versions.",
+           programs a run uses (bwrap, fuse-overlayfs, unionfs), each with its version and\n\
+           where it comes from: FIM_BWRAP, FIM_FUSE_OVERLAYFS or FIM_UNIONFS, else the copy\n\
+           embedded in the image, else PATH.",
     run: Some(run),
 };
 
@@ -34,11 +36,7 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
             println!("reserved layout {}", fim_reserved::LAYOUT_VERSION);
         }
         Some("deps") => {
-            let lines = tools::describe(&self_image()?)?;
-            if lines.is_empty() {
-                println!("embedded tools: none (the host's bwrap is used)");
-            }
-            for line in lines {
+            for line in tools::describe(&self_image()?)? {
                 println!("{line}");
             }
         }

@@ -11,6 +11,8 @@
 //!   bwrap         the bubblewrap command line built from all of that (pure)
 //!   supervise     runs it, relays signals, returns the exit status
 //!   shim          the first program inside: restores signals, closes descriptors, execs
+//! start       which words the boot command runs and in which directory (Docker's rules
+//!             for images imported from OCI)
 //! instance    the records of running instances, and entering one (fim-instance exec)
 //! notify      the start notification (fim-notify)
 //! ```
@@ -28,4 +30,5 @@ pub mod notify;
 pub mod perms;
 pub mod run;
 pub mod shim;
+pub mod start;
 pub mod supervise;

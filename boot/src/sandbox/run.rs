@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -21,7 +21,7 @@ use super::identity::{self, Identity};
 use super::inside::{mountable, mountable_at, open_inside, read_inside};
 use super::perms::{self, RealHost};
 use super::supervise::{self, Outcome};
-use super::{binds, instance, notify, shim};
+use super::{binds, instance, notify, shim, start};
 use crate::debug::{self, Step};
 use crate::locks::Running;
 use crate::places::Places;
@@ -95,19 +95,11 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
             .map(|d| d.to_string())
             .collect()
     };
-    let cwd = match cwd {
-        Some(dir) if open_inside(&root_dir, &dir, OFlag::O_PATH | OFlag::O_DIRECTORY).is_some() => {
-            dir
-        }
-        Some(dir) => {
-            debug::log(format!(
-                "{} is not in the image; starting in /",
-                dir.display()
-            ));
-            PathBuf::from("/")
-        }
-        None => PathBuf::from("/"),
-    };
+    let workdir = config.boot().and_then(|b| b.workdir);
+    let cwd = start::start_dir(cwd, workdir.as_deref(), |dir| {
+        open_inside(&root_dir, dir, OFlag::O_PATH | OFlag::O_DIRECTORY).is_some()
+    });
+    debug::log(format!("starting in {}", cwd.display()));
 
     let facts = RunFacts {
         image: places.image.clone().into_os_string(),
