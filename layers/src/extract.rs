@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{LayerError, Result};
 use crate::format::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::stack::{Entry, NodeId, ROOT, Stack};
+use crate::writer::{NoProgress, Progress};
 
 /// What was extracted, and what could not be reproduced exactly (e.g. device nodes or
 /// `trusted.*` xattrs when not running as root).
@@ -29,6 +30,16 @@ const OCI_OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// With `as_stored`, whiteouts and opaque markers are written as OCI `.wh.` files, so a
 /// single layer round-trips through `fim build --whiteouts oci`.
 pub fn extract(stack: &Stack, dest: &Path, as_stored: bool) -> Result<ExtractReport> {
+    extract_reporting(stack, dest, as_stored, &NoProgress)
+}
+
+/// [`extract`], telling `progress` the bytes of file content written as they are.
+pub fn extract_reporting(
+    stack: &Stack,
+    dest: &Path,
+    as_stored: bool,
+    progress: &dyn Progress,
+) -> Result<ExtractReport> {
     match fs::read_dir(dest) {
         Ok(mut it) => {
             if it.next().is_some() {
@@ -53,6 +64,7 @@ pub fn extract(stack: &Stack, dest: &Path, as_stored: bool) -> Result<ExtractRep
         dirs_seen: HashSet::new(),
         report: ExtractReport::default(),
         is_root: unsafe_geteuid() == 0,
+        progress,
     };
     let root = stack.entry(ROOT)?;
     x.dir_contents(ROOT, dest)?;
@@ -73,6 +85,7 @@ struct Extractor<'a> {
     dirs_seen: HashSet<NodeId>,
     report: ExtractReport,
     is_root: bool,
+    progress: &'a dyn Progress,
 }
 
 impl Extractor<'_> {
@@ -163,6 +176,7 @@ impl Extractor<'_> {
                 done += n as u64;
             }
             self.report.bytes += len;
+            self.progress.advance(len);
         }
         // Trailing holes: the length comes from the inode, not from the data written.
         file.set_len(entry.inode.size)

@@ -12,7 +12,7 @@ pub mod stack;
 pub mod writer;
 
 pub use error::{LayerError, Result};
-pub use extract::{ExtractReport, extract};
+pub use extract::{ExtractReport, extract, extract_reporting};
 pub use reader::{BlockCache, DEFAULT_CACHE_BYTES, Layer, hex};
 pub use scan::WhiteoutFormat;
 pub use stack::{Entry, NodeId, ROOT, Stack};

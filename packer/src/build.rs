@@ -113,12 +113,17 @@ fn default_launcher() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// A program to embed: its name in the tool table, and its bytes.
+type Tool = (&'static str, Vec<u8>);
+
 /// The static programs to embed, by name: bwrap (`--bwrap`, else the one beside fim,
 /// required), fuse-overlayfs and unionfs (the option, else the one beside fim if there
 /// is one). Each must be a static ELF, since it runs on hosts whose libraries are unknown.
-fn tools_to_embed(args: &BuildArgs) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+/// Also returns what the build should say once it succeeded (a backend left to the host).
+fn tools_to_embed(args: &BuildArgs) -> anyhow::Result<(Vec<Tool>, Vec<String>)> {
+    let mut notes = Vec::new();
     if args.no_embed_tools {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), notes));
     }
     let bwrap = match &args.bwrap {
         Some(p) => p.clone(),
@@ -140,9 +145,9 @@ fn tools_to_embed(args: &BuildArgs) -> anyhow::Result<Vec<(&'static str, Vec<u8>
             Some(path) => chosen.push((name, path.clone())),
             None => match beside_fim(name, "") {
                 Ok(path) => chosen.push((name, path)),
-                Err(_) => eprintln!(
-                    "fim: no static {name} beside fim ({script} builds one): the image's {name} backend will need the host's"
-                ),
+                Err(_) => notes.push(format!(
+                    "no static {name} beside fim ({script} builds one): the image's {name} backend will need the host's"
+                )),
             },
         }
     }
@@ -160,7 +165,7 @@ fn tools_to_embed(args: &BuildArgs) -> anyhow::Result<Vec<(&'static str, Vec<u8>
         }
         tools.push((name, bytes));
     }
-    Ok(tools)
+    Ok((tools, notes))
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
@@ -242,7 +247,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         exclude: Vec::new(),
     };
 
-    let tools = tools_to_embed(&args)?;
+    let (tools, notes) = tools_to_embed(&args)?;
     let mut writer = ImageWriter::create(&args.output, &launcher, &reserved)
         .with_context(|| format!("creating {}", args.output.display()))?;
     for (name, bytes) in &tools {
@@ -286,6 +291,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         human(total_in),
         started.elapsed().as_secs_f64()
     );
+    for note in notes {
+        eprintln!("fim: {note}");
+    }
     Ok(())
 }
 

@@ -224,6 +224,24 @@ fn build_refuses_bad_inputs_with_one_line() {
     ])
     .assert_clean_failure("fim: ");
     assert_eq!(entries(&outdir), Vec::<OsString>::new());
+    // An embedded tool must be static: a dynamically linked one is named and refused.
+    let dynamic = std::env::current_exe().expect("this test binary");
+    for option in ["--bwrap", "--fuse-overlayfs", "--unionfs"] {
+        let out = fim([
+            OsStr::new("build"),
+            good.as_os_str(),
+            OsStr::new("-o"),
+            image.as_os_str(),
+            OsStr::new(option),
+            dynamic.as_os_str(),
+        ]);
+        out.assert_clean_failure("fim: ");
+        assert!(
+            out.stderr.contains("dynamically linked"),
+            "{option}: {out:?}"
+        );
+        assert_eq!(entries(&outdir), Vec::<OsString>::new(), "after {option}");
+    }
     assert_eq!(entries(&inputs).len(), 5, "inputs untouched");
 }
 

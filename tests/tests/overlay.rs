@@ -318,3 +318,46 @@ fn a_second_backend_joins_the_running_one_and_says_so() {
         "fim: 1 running instance(s) of this image use the overlayfs overlay; unionfs applies once they have exited\n"
     );
 }
+
+#[test]
+fn a_fuse_backend_named_by_its_variable_beats_path_and_is_logged() {
+    for (backend, program, variable) in [
+        ("overlayfs", "fuse-overlayfs", "FIM_FUSE_OVERLAYFS"),
+        ("unionfs", "unionfs", "FIM_UNIONFS"),
+    ] {
+        let Some(host) = which(program) else {
+            skip(&format!("{variable}: {program} is not installed"));
+            continue;
+        };
+        let Some(app) = App::new("backend_variable", Who::Invoker) else {
+            return;
+        };
+        // PATH holds bwrap only: the variable is the one place the backend can come from.
+        let dir = tempdir();
+        let bin = path_with_only(dir.path(), &[]);
+        let out = fim_tests::run(
+            app.command(["fim-exec", "sh", "-c", "echo kept > /data/v; cat /data/v"])
+                .env("PATH", &bin)
+                .env("FIM_OVERLAY", backend)
+                .env(variable, &host)
+                .env("FIM_DEBUG", "1"),
+        );
+        out.assert_ok();
+        assert_eq!(out.stdout, "kept\n", "{backend}");
+        let named = format!("daemon: {program}: {} (Environment)", host.display());
+        assert!(out.stderr.contains(&named), "{backend}: {}", out.stderr);
+        // A variable naming nothing is an error naming the program, not a silent fallback.
+        checks::wait_for_the_session_to_end(&app);
+        let missing = fim_tests::run(
+            app.command(["fim-exec", "true"])
+                .env("FIM_OVERLAY", backend)
+                .env(variable, dir.path().join("no-such-program")),
+        );
+        missing.assert_clean_failure("app.flatimage: ");
+        assert!(
+            missing.stderr.contains("no-such-program"),
+            "{}",
+            missing.stderr
+        );
+    }
+}

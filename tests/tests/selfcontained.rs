@@ -6,6 +6,7 @@ use std::process::Command;
 
 use fim_tests::fsutil::HostMount;
 use fim_tests::image::inspect_json;
+use fim_tests::run::SpawnRetrying;
 use fim_tests::sandbox::{App, Who, base_image};
 use fim_tests::{build_with, checks, run, skip, tempdir, which};
 
@@ -313,6 +314,114 @@ fn without_fuse_the_layers_run_from_an_extraction_cache_that_is_checked() {
         .env("FIM_OVERLAY", "unionfs")
         .env("XDG_CACHE_HOME", &cache));
     out.assert_clean_failure("app.flatimage: the unionfs overlay needs FUSE");
+}
+
+/// The trees in an extraction cache, by directory name.
+fn extracted_trees(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache.join("fim/extract"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_first_extraction_says_so_and_a_commit_leaves_one_tree() {
+    let Some(app) = App::new("extraction_once", Who::User) else {
+        return;
+    };
+    let cache = app.dir.path().join("cache");
+    let extracting = |script: &str| {
+        let out = run(app
+            .command(["fim-exec", "sh", "-c", script])
+            .env("FIM_EXTRACT", "1")
+            .env("XDG_CACHE_HOME", &cache));
+        out.assert_ok();
+        checks::wait_for_the_session_to_end(&app);
+        out
+    };
+    let first = extracting("echo committed > /data/committed");
+    let line = format!("into {}", cache.join("fim/extract").display());
+    assert!(
+        first
+            .stderr
+            .contains("extracting the image's layers (about ")
+            && first.stderr.contains(&line),
+        "the first extraction says so, with its size and place: {}",
+        first.stderr
+    );
+    let again = extracting("true");
+    assert!(!again.stderr.contains("extracting"), "{}", again.stderr);
+    assert_eq!(extracted_trees(&cache).len(), 1);
+    let old = extracted_trees(&cache);
+
+    app.run(["fim-layer", "commit", "--to", "layer"])
+        .assert_ok();
+    let after = extracting("cat /data/committed");
+    assert_eq!(after.stdout, "committed\n");
+    assert!(after.stderr.contains("extracting"), "{}", after.stderr);
+    let now = extracted_trees(&cache);
+    assert_eq!(now.len(), 1, "the older state's tree is removed: {now:?}");
+    assert_ne!(now, old);
+}
+
+#[test]
+fn the_extraction_cache_keeps_to_its_bound_but_never_removes_a_tree_in_use() {
+    let (Some(one), Some(two)) = (
+        App::new("extraction_bound_one", Who::Invoker),
+        App::new("extraction_bound_two", Who::Invoker),
+    ) else {
+        return;
+    };
+    // Other layers for the second image: a commit.
+    two.sh("echo other > /data/other").assert_ok();
+    checks::wait_for_the_session_to_end(&two);
+    two.run(["fim-layer", "commit"]).assert_ok();
+    let cache = tempdir();
+    let extracting = |app: &App| {
+        let mut command = app.command(["fim-exec", "sleep", "2"]);
+        command
+            .env("FIM_EXTRACT", "1")
+            .env("FIM_EXTRACT_MAX", "1")
+            .env("XDG_CACHE_HOME", cache.path());
+        command
+    };
+    // While the first image runs from its tree, the second's extraction leaves it alone.
+    let mut running = extracting(&one).spawn_retrying();
+    checks::wait_for(
+        || extracted_trees(cache.path()).len() == 1,
+        "the first extraction",
+    );
+    run(&mut extracting(&two)).assert_ok();
+    assert_eq!(
+        extracted_trees(cache.path()).len(),
+        2,
+        "a tree in use is kept"
+    );
+    assert!(running.wait().expect("wait").success());
+    checks::wait_for_the_session_to_end(&one);
+    checks::wait_for_the_session_to_end(&two);
+    // Once unused, the next extraction over the bound removes the least recently used.
+    let kept = extracted_trees(cache.path());
+    one.run(["fim-layer", "commit"]).assert_ok();
+    run(&mut extracting(&one)).assert_ok();
+    let now = extracted_trees(cache.path());
+    assert_eq!(
+        now.len(),
+        1,
+        "over FIM_EXTRACT_MAX, unused trees go: {kept:?} -> {now:?}"
+    );
+    // A bad bound is one line.
+    let out = run(one
+        .command(["fim-exec", "true"])
+        .env("FIM_EXTRACT", "1")
+        .env("FIM_EXTRACT_MAX", "lots")
+        .env("XDG_CACHE_HOME", cache.path()));
+    out.assert_clean_failure("app.flatimage: FIM_EXTRACT_MAX=");
 }
 
 #[test]

@@ -21,9 +21,10 @@ pub const OVERLAY: Command = Command {
            `unionfs -o cow` (no xattrs). The FUSE programs are FIM_FUSE_OVERLAYFS and\n\
            FIM_UNIONFS when set, else the image's embedded copies, else the host's (packages\n\
            fuse-overlayfs, unionfs-fuse). If the kernel refuses its overlay, an available FUSE\n\
-           backend takes over and one line says so. All three share the upper directory in the data directory:\n\
-           switching keeps every change, deleted files included. Instances running together\n\
-           share one backend: a new choice applies once they have all exited.\n\
+           backend takes over and one line says so. All three share the upper directory in\n\
+           the data directory: switching keeps every change, deleted files included.\n\
+           Instances running together share one backend: a new choice applies once they have\n\
+           all exited.\n\
            `show` prints the effective type: the FIM_OVERLAY environment variable beats the\n\
            stored value, which beats the default (bwrap). An unknown value is an error.\n\
            The change is written to a new file renamed over the image, so it is safe while\n\

@@ -34,6 +34,7 @@ use crate::commit::journal;
 use crate::debug;
 use crate::locks::DataLock;
 use crate::places::Places;
+use crate::view::extracted::Report;
 use crate::view::fuse_backend::millis;
 use crate::view::layer_stack::{self, LayerFile};
 use crate::view::{Layers, View};
@@ -90,7 +91,7 @@ fn daemon_main(
 ) -> i32 {
     let _ = setsid();
     detach(&first);
-    match Daemon::set_up(stack, places, (uid, gid), identity, wanted) {
+    match Daemon::set_up(stack, places, (uid, gid), identity, wanted, &mut first) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
             remove_session_files(places);
@@ -140,6 +141,7 @@ impl<'a> Daemon<'a> {
         (uid, gid): (u32, u32),
         identity: &str,
         wanted: Overlay,
+        first: &mut UnixStream,
     ) -> anyhow::Result<Self> {
         let Some(data_lock) = DataLock::try_take(places)? else {
             bail!(
@@ -178,7 +180,13 @@ impl<'a> Daemon<'a> {
             )?
         };
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
-        let served = Layers::prepare(stack, identity, wanted)?;
+        let served = Layers::prepare(
+            stack,
+            identity,
+            &places.image,
+            wanted,
+            &mut ToLauncher(first),
+        )?;
         let isolation = namespaces::create(uid, gid)?;
         let mut view = View::mount(layers.image, served, places, (uid, gid), isolation, wanted)?;
 
@@ -408,5 +416,18 @@ fn log_elsewhere(places: &Places) {
 fn remove_session_files(places: &Places) {
     if let Err(e) = places.remove_session_files() {
         debug::log(format!("daemon: {e:#}"));
+    }
+}
+
+/// What the set-up tells the launcher that started the session, before it is greeted.
+struct ToLauncher<'a>(&'a mut UnixStream);
+
+impl Report for ToLauncher<'_> {
+    fn note(&mut self, line: String) {
+        send(self.0, &Greeting::Note(line));
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        send(self.0, &Greeting::Progress { done, total });
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! daemon -> launcher:  note TEXT\n ...        things the user should know (zero or more)
+//!                      progress DONE TOTAL\n ...   a long step's bytes (an extraction)
 //!                      ready PID IDENTITY INSTANCES WANTED USED\n | failed WHY\n
 //! launcher -> daemon:  L (leaving after a normal run: linger) | Q (make way, only member)
 //! ```
@@ -31,6 +32,8 @@ pub enum Greeting {
     Failed(String),
     /// Something the user should know, sent before `Ready` (one line).
     Note(String),
+    /// How far a long step of the set-up is, in bytes; it also keeps the launcher waiting.
+    Progress { done: u64, total: u64 },
 }
 
 impl Greeting {
@@ -46,6 +49,7 @@ impl Greeting {
             // One line, whatever the message held.
             Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
             Greeting::Note(what) => format!("note {}\n", what.replace('\n', " ")),
+            Greeting::Progress { done, total } => format!("progress {done} {total}\n"),
         }
     }
 
@@ -56,6 +60,13 @@ impl Greeting {
         }
         if let Some(what) = line.strip_prefix("note ") {
             return Some(Greeting::Note(what.to_string()));
+        }
+        if let Some(numbers) = line.strip_prefix("progress ") {
+            let (done, total) = numbers.split_once(' ')?;
+            return Some(Greeting::Progress {
+                done: done.parse().ok()?,
+                total: total.parse().ok()?,
+            });
         }
         let mut words = line.strip_prefix("ready ")?.split(' ');
         let pid = words.next()?.parse().ok().filter(|p| *p > 0)?;
@@ -110,6 +121,24 @@ mod tests {
                 "overlayfs mount refused (EPERM), using unionfs-fuse".into()
             ))
         );
+    }
+
+    #[test]
+    fn progress_round_trips_and_garbled_progress_is_rejected() {
+        let g = Greeting::Progress {
+            done: 5,
+            total: 1 << 40,
+        };
+        assert_eq!(g.encode(), "progress 5 1099511627776\n");
+        assert_eq!(Greeting::parse(&g.encode()), Some(g));
+        for bad in [
+            "progress\n",
+            "progress 5\n",
+            "progress a b\n",
+            "progress -1 2\n",
+        ] {
+            assert_eq!(Greeting::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

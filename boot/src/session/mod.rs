@@ -16,7 +16,7 @@ pub mod daemon;
 pub mod greeting;
 pub mod namespaces;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -237,16 +237,23 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
     stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
     // The daemon sends nothing after `Ready`, so the reader holds nothing beyond it.
     let mut reader = BufReader::new(&stream);
+    let mut bar = ProgressLine::default();
     loop {
         let mut line = String::new();
         reader
             .read_line(&mut line)
             .context("no answer from the session daemon")?;
         if line.is_empty() {
+            bar.clear();
             return Ok(None);
         }
-        match Greeting::parse(&line) {
+        let greeting = Greeting::parse(&line);
+        if !matches!(greeting, Some(Greeting::Progress { .. })) {
+            bar.clear();
+        }
+        match greeting {
             Some(Greeting::Note(what)) => eprintln!("fim: {what}"),
+            Some(Greeting::Progress { done, total }) => bar.show(done, total),
             Some(Greeting::Ready {
                 pid,
                 image,
@@ -268,6 +275,39 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
             }
             Some(Greeting::Failed(why)) => bail!("{why}"),
             None => bail!("the session daemon sent a garbled greeting: {line:?}"),
+        }
+    }
+}
+
+/// A progress bar on the launcher's standard error, drawn only on a terminal.
+#[derive(Default)]
+struct ProgressLine {
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn show(&mut self, done: u64, total: u64) {
+        if !std::io::stderr().is_terminal() || total == 0 {
+            return;
+        }
+        let fraction = (done as f64 / total as f64).clamp(0.0, 1.0);
+        let width = 30;
+        let filled = (fraction * width as f64) as usize;
+        eprint!(
+            "\rfim: [{}{}] {:3.0}% {} / {} MiB",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            fraction * 100.0,
+            done >> 20,
+            total >> 20
+        );
+        self.shown = true;
+    }
+
+    /// Ends the bar's line, so what follows starts on a line of its own.
+    fn clear(&mut self) {
+        if std::mem::take(&mut self.shown) {
+            eprintln!();
         }
     }
 }

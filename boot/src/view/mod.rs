@@ -67,20 +67,27 @@ pub enum Layers {
     /// Served by the in-process FUSE server at `places.layers`.
     Fuse(Stack),
     /// Extracted into the per-user cache (no FUSE here, or `FIM_EXTRACT=1`).
-    Extracted(PathBuf),
+    Extracted(extracted::Extraction),
 }
 
 impl Layers {
     /// Chooses how to serve `stack`, extracting it now if FUSE is unavailable: the
-    /// extraction runs as the user, before the session's namespaces exist.
-    pub fn prepare(stack: Stack, identity: &str, wanted: Overlay) -> anyhow::Result<Layers> {
+    /// extraction runs as the user, before the session's namespaces exist, and tells
+    /// `report` what it does.
+    pub fn prepare(
+        stack: Stack,
+        identity: &str,
+        image: &Path,
+        wanted: Overlay,
+        report: &mut dyn extracted::Report,
+    ) -> anyhow::Result<Layers> {
         Ok(match extracted::needed() {
             Some(why) => {
                 extracted::refuse_fuse_backend(wanted, &why)?;
                 debug::log(format!(
                     "daemon: {why}: serving the layers from the extraction cache"
                 ));
-                Layers::Extracted(extracted::tree(&stack, identity)?)
+                Layers::Extracted(extracted::tree(&stack, identity, image, report)?)
             }
             None => Layers::Fuse(stack),
         })
@@ -100,6 +107,8 @@ pub struct View {
     fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
     /// The FUSE backend's process, if the view is not the kernel overlay.
     helper: Option<Helper>,
+    /// The extracted layers in use, when FUSE does not serve them.
+    _extraction: Option<extracted::Extraction>,
 }
 
 impl View {
@@ -113,11 +122,11 @@ impl View {
         isolation: Isolation,
         wanted: Overlay,
     ) -> anyhow::Result<View> {
-        let (lower, mut fuse) = match layers {
-            Layers::Extracted(tree) => (tree, None),
+        let (lower, mut fuse, extraction) = match layers {
+            Layers::Extracted(extraction) => (extraction.tree.clone(), None, Some(extraction)),
             Layers::Fuse(stack) => {
                 let served = layer_server::serve(stack, &places.layers, ids, isolation)?;
-                (places.layers.clone(), Some(served))
+                (places.layers.clone(), Some(served), None)
             }
         };
         match overlay::mount_view(image, places, &lower, ids, isolation, wanted) {
@@ -129,6 +138,7 @@ impl View {
                 isolation,
                 fuse,
                 helper: mounted.helper,
+                _extraction: extraction,
             }),
             Err(e) => {
                 if let Some((unmounter, _)) = &mut fuse {
