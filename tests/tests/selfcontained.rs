@@ -407,6 +407,8 @@ fn the_extraction_cache_keeps_to_its_bound_but_never_removes_a_tree_in_use() {
     checks::wait_for_the_session_to_end(&two);
     // Once unused, the next extraction over the bound removes the least recently used.
     let kept = extracted_trees(cache.path());
+    one.sh("echo changed > /data/changed").assert_ok();
+    checks::wait_for_the_session_to_end(&one);
     one.run(["fim-layer", "commit"]).assert_ok();
     run(&mut extracting(&one)).assert_ok();
     let now = extracted_trees(cache.path());
@@ -415,7 +417,8 @@ fn the_extraction_cache_keeps_to_its_bound_but_never_removes_a_tree_in_use() {
         1,
         "over FIM_EXTRACT_MAX, unused trees go: {kept:?} -> {now:?}"
     );
-    // A bad bound is one line.
+    // A bad bound is one line, from the next session that extracts.
+    checks::wait_for_the_session_to_end(&one);
     let out = run(one
         .command(["fim-exec", "true"])
         .env("FIM_EXTRACT", "1")
