@@ -183,6 +183,47 @@ install_dist() {
     fi
 }
 
+# have_userns_fuse: whether FUSE can be tried here as the root of a new user and mount namespace.
+have_userns_fuse() {
+    [[ -c /dev/fuse ]] && unshare -Urm true 2>/dev/null
+}
+
+# fuse_smoke BINARY overlayfs|unionfs: as the root of a new user and mount namespace where
+# /bin/mount, /bin/umount and fusermount cannot run (/dev/null is bound over them), mount with
+# BINARY -f in the background, as the launcher does, read a lower file and write a new one through
+# the mount, then stop BINARY with SIGTERM: it must unmount by itself. Call where have_userns_fuse.
+fuse_smoke() {
+    local bin=$1 kind=$2 dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/fim-fuse-smoke.XXXXXX") || die "mktemp failed"
+    mkdir -p "$dir"/{l,u,w,m}
+    echo lower >"$dir/l/f"
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    (quiet "mounting with $bin in a user namespace, without mount, umount and fusermount" \
+        unshare -Urm -- "$BASH" -c '
+        set -eu
+        bin=$1 kind=$2 d=$3 hide=()
+        for p in fusermount fusermount3 umount mount; do
+            p=$(command -v "$p") && hide+=("$(realpath "$p")")
+        done
+        for p in "${hide[@]}"; do mount --bind /dev/null "$p"; done
+        if [ "$kind" = unionfs ]; then
+            "$bin" -f -o cow "$d/u=RW:$d/l=RO" "$d/m" & pid=$!
+        else
+            "$bin" -f -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" & pid=$!
+        fi
+        for i in $(seq 100); do mountpoint -q "$d/m" && break; kill -0 $pid; sleep 0.05; done
+        mountpoint -q "$d/m"
+        [ "$(cat "$d/m/f")" = lower ]
+        echo upper >"$d/m/g"
+        [ "$(cat "$d/u/g")" = upper ]
+        kill -TERM $pid
+        wait $pid || true
+        ! mountpoint -q "$d/m"
+        echo "mounted, read, wrote and unmounted itself"
+    ' fuse-smoke "$bin" "$kind" "$dir") || { rm -rf "$dir"; exit 1; }
+    rm -rf "$dir"
+}
+
 # check_static FILE: no dynamic section and no program interpreter.
 check_static() {
     local file=$1 dynamic headers
