@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tools/build-bwrap, tools/build-fuse-overlayfs and tools/build-unionfs (sourced, from the
 # repository's root, with ROOT set): build a tool fully static against musl from Debian source
 # packages, fetched through the Debian archive only as far as trust goes.
