@@ -52,3 +52,22 @@ macro_rules! per_backend {
         }
     )*};
 }
+
+/// Makes, for each named check `fn check(backend: &'static str, who: Who)`, a module with
+/// one test per FUSE overlay backend and identity.
+#[macro_export]
+macro_rules! per_backend_fuse {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            use $crate::sandbox::Who;
+            #[test]
+            fn overlayfs_as_invoker() { super::$check("overlayfs", Who::Invoker) }
+            #[test]
+            fn overlayfs_as_unprivileged_user() { super::$check("overlayfs", Who::User) }
+            #[test]
+            fn unionfs_as_invoker() { super::$check("unionfs", Who::Invoker) }
+            #[test]
+            fn unionfs_as_unprivileged_user() { super::$check("unionfs", Who::User) }
+        }
+    )*};
+}

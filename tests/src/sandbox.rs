@@ -166,37 +166,59 @@ pub fn cannot_run_images() -> Option<String> {
 pub fn base_image() -> PathBuf {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE
+        .get_or_init(|| build_base("base.flatimage", &["--level", "3"]))
+        .clone()
+}
+
+/// [`base_image`] without embedded tools: it runs the host's bwrap, fuse-overlayfs and
+/// unionfs.
+pub fn base_image_without_tools() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            build_base(
+                "base-no-tools.flatimage",
+                &["--level", "3", "--no-embed-tools"],
+            )
+        })
+        .clone()
+}
+
+fn build_base(name: &str, options: &[&str]) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR
         .get_or_init(|| {
             let dir = base_dir();
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create base image dir");
             // SAFETY: registers a plain function to run at exit.
             unsafe { libc::atexit(remove_base_dir) };
-            let rootfs = dir.join("rootfs");
-            let out = run(Command::new(tools_dir().join("make-test-rootfs")).arg(&rootfs));
-            out.assert_ok();
-            std::fs::create_dir(rootfs.join("data")).expect("mkdir data");
-            crate::fsutil::chmod(&rootfs.join("data"), 0o1777);
-            std::fs::write(rootfs.join("data/keep.txt"), "keep\n").expect("write keep");
-            std::fs::write(rootfs.join("data/gone.txt"), "gone\n").expect("write gone");
-            // For the overlay backends: a directory to replace, one to rename, a file to chmod.
-            for (path, text) in [
-                ("data/replaced/old.txt", "old\n"),
-                ("data/replaced/sub/deep.txt", "deep\n"),
-                ("data/moved/m.txt", "m\n"),
-                ("data/mode.txt", "mode\n"),
-            ] {
-                let path = rootfs.join(path);
-                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-                std::fs::write(path, text).expect("write");
-            }
-            add_host_programs(&rootfs, &["setfattr", "getfattr"]);
-            let image = dir.join("base.flatimage");
-            build_with(&[&rootfs], &image, &["--level", "3"]);
-            std::fs::remove_dir_all(&rootfs).expect("remove rootfs");
-            image
+            dir
         })
-        .clone()
+        .clone();
+    let rootfs = dir.join(format!("rootfs-{name}"));
+    let out = run(Command::new(tools_dir().join("make-test-rootfs")).arg(&rootfs));
+    out.assert_ok();
+    std::fs::create_dir(rootfs.join("data")).expect("mkdir data");
+    crate::fsutil::chmod(&rootfs.join("data"), 0o1777);
+    std::fs::write(rootfs.join("data/keep.txt"), "keep\n").expect("write keep");
+    std::fs::write(rootfs.join("data/gone.txt"), "gone\n").expect("write gone");
+    // For the overlay backends: a directory to replace, one to rename, a file to chmod.
+    for (path, text) in [
+        ("data/replaced/old.txt", "old\n"),
+        ("data/replaced/sub/deep.txt", "deep\n"),
+        ("data/moved/m.txt", "m\n"),
+        ("data/mode.txt", "mode\n"),
+    ] {
+        let path = rootfs.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+    add_host_programs(&rootfs, &["setfattr", "getfattr"]);
+    let image = dir.join(name);
+    build_with(&[&rootfs], &image, options);
+    std::fs::remove_dir_all(&rootfs).expect("remove rootfs");
+    image
 }
 
 /// Copies host programs, when installed, with the shared libraries they load, to the

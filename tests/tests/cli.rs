@@ -352,11 +352,16 @@ fn inspect_describes_a_consistent_layout() {
             end = offset + len;
         }
         assert!(l.table_offset >= end);
-        // One table entry per layer, and one for the embedded bwrap.
+        // One table entry per layer, and one per embedded tool: each static tool that
+        // tools/build made beside fim.
         let tools = fim_tests::image::inspect_json(img)["tools"]
             .as_array()
             .map_or(0, Vec::len) as u64;
-        assert_eq!(tools, 1, "the embedded bwrap");
+        let built = ["bwrap", "fuse-overlayfs", "unionfs"]
+            .iter()
+            .filter(|t| fim_tests::dist_dir().join(t).is_file())
+            .count() as u64;
+        assert_eq!(tools, built, "the embedded tools");
         assert_eq!(
             l.table_offset + 64 * (l.layers.len() as u64 + tools),
             l.footer_offset

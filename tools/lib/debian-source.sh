@@ -11,23 +11,24 @@
 # files, and neither would add trust (their signatures need debian-keyring; their hashes are in the
 # signed index). dpkg-source then checks the hashes again and applies Debian's patches.
 #
-# A file the mirror does not serve is looked for in FIM_SOURCE_FALLBACK_POOLS (the Ubuntu archive
-# by default, which carries the same upstream tarballs): it is accepted only with the SHA256 of
-# Debian's signed index, so trust does not change. A package fetched with `--orig-ok` may go without
+# A file the mirror does not serve may be looked for in FIM_SOURCE_FALLBACK_POOLS (none by default:
+# the build reaches the Debian archive only; the Ubuntu archive's pools carry the same upstream
+# tarballs): it is accepted only with the SHA256 of Debian's signed index, so trust does not change. A package fetched with `--orig-ok` may go without
 # its Debian revision tarball when no source serves it: its upstream tarball (hash-checked) is then
 # unpacked alone, with a warning, and the cache key says so.
 #
 # Env: FIM_DEBIAN_MIRROR          the Debian archive to use (default http://deb.debian.org/debian)
 #      FIM_SOURCE_FALLBACK_POOLS  pool directories tried when the mirror lacks a file, a Debian
 #                                 pool/<component>/ path being looked up below each (space-separated;
-#                                 empty to use the mirror alone)
+#                                 default none), e.g. "http://archive.ubuntu.com/ubuntu/pool/main
+#                                 http://archive.ubuntu.com/ubuntu/pool/universe"
 
 SELF=tools/${0##*/}
 die() { printf '%s: %s\n' "$SELF" "$*" >&2; exit 1; }
 say() { printf '%s: %s\n' "$SELF" "$*" >&2; }
 
 MIRROR=${FIM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-FALLBACK_POOLS=${FIM_SOURCE_FALLBACK_POOLS-http://archive.ubuntu.com/ubuntu/pool/main http://archive.ubuntu.com/ubuntu/pool/universe}
+FALLBACK_POOLS=${FIM_SOURCE_FALLBACK_POOLS-}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 APT_HELPER=/usr/lib/apt/apt-helper
 

@@ -57,7 +57,12 @@ pub fn run(
     keep.push(status_write.as_raw_fd());
     let parent = nix::unistd::getpid().as_raw();
     let mut command = Command::new(bwrap);
-    command.args(args).env_clear().envs(env.iter().cloned());
+    // `bwrap` in `ps`, not the `N` of an embedded one's `/proc/self/fd/N`.
+    command
+        .arg0("bwrap")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().cloned());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {

@@ -128,7 +128,10 @@ pub fn mount_fuse(
             .join(" ")
     ));
     let mut command = Command::new(&program.path);
+    // Its own name, not `N` of `/proc/self/fd/N`: libfuse names the mount's type after it
+    // (`fuse.fuse-overlayfs`), and `ps` shows it.
     command
+        .arg0(name)
         .args(&args)
         .current_dir(&places.data)
         .stdin(Stdio::null())
