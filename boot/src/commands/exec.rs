@@ -79,8 +79,7 @@ pub fn boot(args: &[OsString]) -> anyhow::Result<ExitCode> {
         let me = std::env::args().next().unwrap_or_else(|| "IMAGE".into());
         println!(
             "This image has no boot command of its own: it starts {}, which has no --help.\n\
-             Run `{me} fim-help` for the launcher's commands, or `{me} fim-exec PROGRAM` to run\n\
-             a program inside it.",
+             Run `{me} fim-help` for the launcher's commands, or `{me} fim-exec PROGRAM` to run a program inside it.",
             boot.program
         );
         return Ok(ExitCode::SUCCESS);
