@@ -299,11 +299,13 @@ fn notify_runs_notify_send_only_when_on_and_a_bus_is_there() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!note.exists(), "no session bus, no notification");
     run(true);
+    // notify-send runs detached: wait for it to have written all it got.
     let start = Instant::now();
-    while !note.exists() && start.elapsed() < Duration::from_secs(5) {
+    let mut text = String::new();
+    while !text.contains("app.flatimage") && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
+        text = std::fs::read_to_string(&note).unwrap_or_default();
     }
-    let text = std::fs::read_to_string(&note).unwrap_or_default();
     assert!(text.contains("app.flatimage"), "notify-send got {text:?}");
 
     app.run(["fim-notify", "off"]).assert_ok();
