@@ -43,6 +43,9 @@ pub struct BuildOptions {
     /// Host files `(device, inode)` never packed, such as the image being written when the
     /// output lies inside the input.
     pub exclude: Vec<(u64, u64)>,
+    /// A uid and gid recorded as 0 (root): a normal user's commit, whose files were
+    /// root's in the user namespace that wrote them.
+    pub owner_as_root: Option<(u32, u32)>,
 }
 
 impl Default for BuildOptions {
@@ -53,6 +56,7 @@ impl Default for BuildOptions {
             whiteouts: WhiteoutFormat::None,
             order: ContentOrder::Similarity,
             exclude: Vec::new(),
+            owner_as_root: None,
         }
     }
 }
@@ -101,7 +105,17 @@ pub fn build_layer(
             options.block_size
         )));
     }
-    let tree = scan(source, options.whiteouts, &options.exclude)?;
+    let mut tree = scan(source, options.whiteouts, &options.exclude)?;
+    if let Some((uid, gid)) = options.owner_as_root {
+        for node in &mut tree.nodes {
+            if node.uid == uid {
+                node.uid = 0;
+            }
+            if node.gid == gid {
+                node.gid = 0;
+            }
+        }
+    }
     write_tree(&tree, out, start, options, progress)
 }
 

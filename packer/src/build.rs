@@ -245,6 +245,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             Order::Path => ContentOrder::Path,
         },
         exclude: Vec::new(),
+        owner_as_root: None,
     };
 
     let (tools, notes) = tools_to_embed(&args)?;

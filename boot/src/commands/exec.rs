@@ -58,7 +58,13 @@ pub const ROOT: Command = Command {
     synopsis: "fim-root PROGRAM [ARGS...]",
     summary: "Run PROGRAM inside the image as uid 0, with the system directories writable.",
     help: "A package manager can then install into the image's writable layer.\n\
-           FIM_ROOT=1 makes every run do so. On the host, files it creates belong to you.",
+           FIM_ROOT=1 makes every run do so. On the host, files it creates belong to you.\n\
+           The image's own /etc/passwd and /etc/group are used, writable: users and groups\n\
+           that packages, useradd or groupadd add are kept, and later runs know them.\n\
+           Run by a normal user, only one id exists inside, so calls that switch users or\n\
+           give files to another owner (setuid, setgroups, chown...) succeed without doing\n\
+           anything, and apt is told to download without its _apt sandbox (APT_CONFIG, in\n\
+           /tmp); every file stays yours. FIM_DEBUG=1 says which mode a run uses.",
     run: Some(root),
 };
 

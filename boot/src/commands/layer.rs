@@ -20,9 +20,10 @@ use crate::view::layer_stack::{self, LayerFile, Origin};
 
 pub const LAYER: Command = Command {
     name: "fim-layer",
-    synopsis: "fim-layer commit [--to TARGET] | create DIR OUT | add FILE | list | extract N DIR",
+    synopsis: "fim-layer commit [--to TARGET] [--exclude PAT]... | create | add | list | extract",
     summary: "Manage the image's read-only layers.",
-    help: "TARGET: image, layer, or file PATH.\n\
+    help: "fim-layer commit [--to TARGET] [--exclude PAT]... | create DIR OUT | add FILE |\n\
+           list | extract N DIR. TARGET: image, layer, or file PATH.\n\
            commit: turn your changes (the data directory's upper directory) into a new layer:\n\
            appended to the image (default), saved as the next managed layer in\n\
            .<image name>.data/layers/ (--to layer), or written to a layer file (--to file\n\
@@ -30,6 +31,13 @@ pub const LAYER: Command = Command {
            directories stay deleted and replaced. Your changes are emptied only once the\n\
            layer is safely in place; interrupted at any moment, nothing is lost or committed\n\
            twice. Files copied up but left unchanged are not stored again.\n\
+           --exclude PAT (repeatable): leave out of the layer the paths that match an\n\
+           absolute pattern (* and ? stop at '/'; [a-z]), with everything below a matching\n\
+           directory; they go with the rest of your changes once the layer is in place.\n\
+           After a package manager, its caches are worth leaving out, e.g. for apt:\n\
+           --exclude '/var/cache/apt/archives/*.deb' --exclude '/var/lib/apt/lists/*'\n\
+           --exclude '/var/cache/apt/*.bin' (what apt-get clean removes, and the lists):\n\
+           apt-get update and install python3 commit 64.0 MiB as is, 14.8 MiB without.\n\
            create: write a layer file from a directory. add: append a layer file to the\n\
            image after checking every byte of it. list: the stack, bottom first, with origin,\n\
            size, entry count and digest. extract: one layer as stored (deletions as .wh.\n\
@@ -43,7 +51,7 @@ pub const LAYER: Command = Command {
     run: Some(run),
 };
 
-const USAGE: &str = "usage: fim-layer commit [--to image|layer|file PATH] | fim-layer create DIR OUT | fim-layer add FILE | fim-layer list | fim-layer extract N DIR";
+const USAGE: &str = "usage: fim-layer commit [--to image|layer|file PATH] [--exclude PATTERN]... | fim-layer create DIR OUT | fim-layer add FILE | fim-layer list | fim-layer extract N DIR";
 
 fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let image_path = &self_path()?;
@@ -52,14 +60,14 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let places = || Places::prepare(image_path, nix::unistd::getuid().as_raw());
     match (verb, rest) {
         (Some("commit"), rest) => {
-            let target = commit_target(rest)?;
+            let (target, excludes) = commit_args(rest)?;
             let places = places()?;
             let change = ChangeLock::acquire(&places.image)?;
             let instances = session::refuse_if_running(&places)?;
             let data = session::take_data(&places)?;
             println!(
                 "{}",
-                commit::commit(&places, (&change, &instances, &data), &target)?
+                commit::commit(&places, (&change, &instances, &data), &target, &excludes)?
             );
         }
         (Some("create"), [dir, out]) => println!("{}", create(Path::new(dir), Path::new(out))?),
@@ -79,15 +87,35 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn commit_target(args: &[OsString]) -> anyhow::Result<Target> {
-    let words: Vec<Option<&str>> = args.iter().map(|a| a.to_str()).collect();
-    match (words.as_slice(), args) {
-        ([], _) | ([Some("--to"), Some("image")], _) => Ok(Target::Image),
-        ([Some("--to"), Some("layer")], _) => Ok(Target::Managed),
-        ([Some("--to"), Some("file")], [_, _]) => bail!("fim-layer commit --to file needs a PATH"),
-        ([Some("--to"), Some("file"), _], [_, _, path]) => Ok(Target::File(PathBuf::from(path))),
-        _ => bail!("{USAGE}"),
+/// `commit`'s words: the target, and the `--exclude` patterns in any place among them.
+fn commit_args(args: &[OsString]) -> anyhow::Result<(Target, Vec<commit::Exclude>)> {
+    let mut rest = Vec::new();
+    let mut excludes = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if word != "--exclude" {
+            rest.push(word.clone());
+            continue;
+        }
+        let Some(pattern) = words.next() else {
+            bail!(
+                "fim-layer commit --exclude needs a PATTERN, e.g. --exclude '/var/cache/apt/archives/*.deb'"
+            );
+        };
+        let Some(pattern) = pattern.to_str() else {
+            bail!("fim-layer commit --exclude {pattern:?}: the pattern must be valid UTF-8");
+        };
+        excludes.push(commit::Exclude::new(pattern)?);
     }
+    let words: Vec<Option<&str>> = rest.iter().map(|a| a.to_str()).collect();
+    let target = match (words.as_slice(), rest.as_slice()) {
+        ([], _) | ([Some("--to"), Some("image")], _) => Target::Image,
+        ([Some("--to"), Some("layer")], _) => Target::Managed,
+        ([Some("--to"), Some("file")], [_, _]) => bail!("fim-layer commit --to file needs a PATH"),
+        ([Some("--to"), Some("file"), _], [_, _, path]) => Target::File(PathBuf::from(path)),
+        _ => bail!("{USAGE}"),
+    };
+    Ok((target, excludes))
 }
 
 /// A layer file from a directory, taken literally; written whole or not at all.
@@ -208,7 +236,7 @@ mod tests {
 
     fn target(args: &[&str]) -> Option<Target> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        commit_target(&args).ok()
+        commit_args(&args).ok().map(|(target, _)| target)
     }
 
     #[test]
@@ -220,6 +248,23 @@ mod tests {
             target(&["--to", "file", "a b.layer"]),
             Some(Target::File("a b.layer".into()))
         );
+        let (parsed, excludes) = commit_args(&[
+            "--exclude".into(),
+            "/var/lib/apt/lists/*".into(),
+            "--to".into(),
+            "layer".into(),
+            "--exclude".into(),
+            "/a/*.deb".into(),
+        ])
+        .unwrap();
+        assert_eq!((parsed, excludes.len()), (Target::Managed, 2));
+        for bad in [
+            &["--exclude"][..],
+            &["--exclude", "relative/*"],
+            &["--exclude", "/a/[b"],
+        ] {
+            assert_eq!(target(bad), None, "{bad:?}");
+        }
         for bad in [
             &["--to"][..],
             &["--to", "file"],

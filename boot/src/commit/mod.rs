@@ -47,6 +47,7 @@ pub fn commit(
     places: &Places,
     (change, _, _): (&ChangeLock, &NoInstances, &DataLock),
     target: &Target,
+    excludes: &[Exclude],
 ) -> anyhow::Result<String> {
     let image = Image::from_file(change.file(), &places.image)?;
     recover(places, &image)?;
@@ -63,9 +64,17 @@ pub fn commit(
     if is_empty(&places.upper)? {
         return Ok("nothing to commit: the upper directory is empty".into());
     }
+    let mut exclude = unchanged_copies(&places.upper, &stack)?;
+    exclude.extend(excluded(&places.upper, excludes)?);
+    // A normal user's session is a user namespace in which the user is root: what they
+    // own in the upper directory was root's there, and is root's in the layer, as a later
+    // run as root expects (files a package manager installed under fim-root).
+    let euid = nix::unistd::geteuid();
+    let owner_as_root = (!euid.is_root()).then(|| (euid.as_raw(), nix::unistd::getegid().as_raw()));
     let options = BuildOptions {
         whiteouts: WhiteoutFormat::Overlay,
-        exclude: unchanged_copies(&places.upper, &stack)?,
+        exclude,
+        owner_as_root,
         ..BuildOptions::default()
     };
     let no_space = |e: anyhow::Error| {
@@ -140,6 +149,59 @@ pub fn commit(
             ))
         }
     }
+}
+
+/// A `--exclude` pattern: an absolute path where `*`, `?` and `[...]` match within one
+/// component.
+#[derive(Debug, Clone)]
+pub struct Exclude(glob::Pattern);
+
+impl Exclude {
+    pub fn new(pattern: &str) -> anyhow::Result<Exclude> {
+        if !pattern.starts_with('/') {
+            anyhow::bail!(
+                "fim-layer commit --exclude {pattern}: the pattern must be an absolute path in the image, e.g. '/{}'",
+                pattern.trim_start_matches("./")
+            );
+        }
+        let compiled = glob::Pattern::new(pattern.trim_end_matches('/')).map_err(|e| {
+            anyhow::anyhow!("fim-layer commit --exclude {pattern}: {e}; write a pattern such as '/var/lib/apt/lists/*'")
+        })?;
+        Ok(Exclude(compiled))
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        self.0.matches_with(path, options)
+    }
+}
+
+/// `(device, inode)` of the upper directory's entries whose path in the image matches an
+/// exclude pattern; the layer builder leaves them out, with all they hold.
+fn excluded(upper: &Path, excludes: &[Exclude]) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut found = Vec::new();
+    if excludes.is_empty() {
+        return Ok(found);
+    }
+    let mut pending = vec![PathBuf::from("/")];
+    while let Some(inside) = pending.pop() {
+        let dir = upper.join(inside.strip_prefix("/").unwrap_or(&inside));
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let path = inside.join(entry.file_name());
+            let meta = entry.metadata()?;
+            if excludes.iter().any(|e| e.matches(&path.to_string_lossy())) {
+                found.push((meta.dev(), meta.ino()));
+            } else if meta.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn size(bytes: u64) -> String {

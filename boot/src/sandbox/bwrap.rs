@@ -49,6 +49,10 @@ pub struct Sandbox {
     pub read_only: Vec<String>,
     /// Descriptors holding the generated `/etc/passwd` and `/etc/group`.
     pub identity_files: Option<(i32, i32)>,
+    /// Files put into the private `/tmp` (a descriptor to read, the path inside).
+    pub tmp_files: Vec<(i32, PathBuf)>,
+    /// A descriptor holding a seccomp filter for the app (`noop_ids`).
+    pub seccomp_fd: Option<i32>,
     /// A directory to create for the app's home, which the image lacks.
     pub make_home: Option<PathBuf>,
     /// Permission and `fim-bind` mounts, in order.
@@ -101,6 +105,10 @@ impl Sandbox {
             args.words(["--dev", "/dev"]);
         }
         args.words(["--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]);
+        for (fd, dst) in &self.tmp_files {
+            args.words(["--file", &fd.to_string()]);
+            args.path(dst);
+        }
         if !self.host_dev {
             if self.host_shm {
                 args.words(["--bind-try", "/dev/shm", "/dev/shm"]);
@@ -140,6 +148,9 @@ impl Sandbox {
         for dir in &self.read_only {
             args.words(["--remount-ro"]);
             args.path(&Path::new("/").join(dir));
+        }
+        if let Some(fd) = self.seccomp_fd {
+            args.words(["--add-seccomp-fd", &fd.to_string()]);
         }
         args.words(["--chdir"]);
         args.path(&self.cwd);
@@ -183,6 +194,8 @@ mod tests {
             host_shm: false,
             read_only: vec!["usr".into()],
             identity_files: None,
+            tmp_files: Vec::new(),
+            seccomp_fd: None,
             make_home: None,
             mounts: Vec::new(),
             cwd: PathBuf::from("/home/u"),
@@ -308,6 +321,17 @@ mod tests {
         let read_only = at(&["--remount-ro", "/usr"]);
         let order = [system, passwd, group, home, private, rw, ro, dev, read_only];
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{words:?}");
+    }
+
+    #[test]
+    fn a_seccomp_filter_is_passed_by_descriptor() {
+        let mut s = sandbox();
+        assert!(!text(&s).contains("seccomp"));
+        s.seccomp_fd = Some(11);
+        s.tmp_files = vec![(12, "/tmp/a.conf".into())];
+        let t = text(&s);
+        assert!(t.contains("--add-seccomp-fd 11 --chdir"), "{t}");
+        assert!(t.contains("--tmpfs /tmp --file 12 /tmp/a.conf"), "{t}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   perms         what each granted permission opens on the host
 //!   binds         the image's fim-bind entries
 //!   inside        which of those can be mounted in the view (no symlink escapes)
+//!   noop_ids      fim-root with one id: set-id and chown calls made no-ops (seccomp)
 //!   bwrap         the bubblewrap command line built from all of that (pure)
 //!   supervise     runs it, relays signals, returns the exit status
 //!   shim          the first program inside: restores signals, closes descriptors, execs
@@ -26,6 +27,7 @@ pub mod expand;
 pub mod identity;
 pub mod inside;
 pub mod instance;
+pub mod noop_ids;
 pub mod notify;
 pub mod perms;
 pub mod run;

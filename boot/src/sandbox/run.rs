@@ -21,7 +21,7 @@ use super::identity::{self, Identity};
 use super::inside::{mountable, mountable_at, open_inside, read_inside};
 use super::perms::{self, RealHost};
 use super::supervise::{self, Outcome};
-use super::{binds, instance, notify, shim, start};
+use super::{binds, instance, noop_ids, notify, shim, start};
 use crate::debug::{self, Step};
 use crate::locks::Running;
 use crate::places::Places;
@@ -123,7 +123,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         setting: &|key| configured.get(key).map(OsStr::to_owned),
     })?;
     let grants = perms::grants(config.permissions(), &RealHost(&host.0));
-    let env = environment::sandbox_env(&host, &own, &identity, &grants.env, &configured);
+    let mut env = environment::sandbox_env(&host, &own, &identity, &grants.env, &configured);
     let mut mounts = grants.mounts;
     mounts.extend(binds::mounts(
         &config.binds(),
@@ -134,9 +134,37 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     mounts.retain(|m| mountable(&root_dir, m));
     let passwd = data_file(&identity.passwd(&read_inside(&root_dir, "etc/passwd")))?;
     let group = data_file(&identity.group(&read_inside(&root_dir, "etc/group")))?;
-    let identity_files = (mountable_at(&root_dir, Path::new("/etc/passwd"))
+    // Under fim-root the image's own account files are used, writable: adduser, groupadd
+    // and passwd change them in the upper directory, and later runs build on them.
+    let identity_files = (!launch.as_root
+        && mountable_at(&root_dir, Path::new("/etc/passwd"))
         && mountable_at(&root_dir, Path::new("/etc/group")))
     .then(|| (passwd.as_raw_fd(), group.as_raw_fd()));
+    // fim-root for a normal user: the session's user namespace maps one id, so set-id and
+    // chown calls are made no-ops rather than failures.
+    let noop_ids = (launch.as_root && uid != 0 && !host_mounts)
+        .then(noop_ids::filter_file)
+        .transpose()?;
+    // apt cannot switch to _apt there: its settings for that, unless APT_CONFIG is set.
+    let apt_config = match &noop_ids {
+        Some(_) if !env.iter().any(|(k, _)| k == "APT_CONFIG") => {
+            let has_main = open_inside(&root_dir, Path::new("/etc/apt/apt.conf"), OFlag::O_PATH);
+            env.push(("APT_CONFIG".into(), noop_ids::APT_CONFIG.into()));
+            Some(data_file(&noop_ids::apt_config(has_main.is_some()))?)
+        }
+        _ => None,
+    };
+    debug::log(match (&noop_ids, launch.as_root) {
+        (Some(_), _) => {
+            "identity: fim-root with one id mapped: set-id and chown calls are no-ops (seccomp); apt without its _apt sandbox (APT_CONFIG)"
+        }
+        (None, true) => {
+            "identity: fim-root as the session's root, the image's account files as they are"
+        }
+        (None, false) => {
+            "identity: the user's line merged into the image's /etc/passwd and /etc/group"
+        }
+    });
     let home_mounted = mounts.iter().any(|m| match m {
         Mount::Bind { dst, .. } | Mount::Private { dst } => identity.home.starts_with(dst),
     });
@@ -163,6 +191,11 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         host_shm: grants.host_shm,
         read_only,
         identity_files,
+        tmp_files: apt_config
+            .iter()
+            .map(|f| (f.as_raw_fd(), noop_ids::APT_CONFIG.into()))
+            .collect(),
+        seccomp_fd: noop_ids.as_ref().map(|f| f.as_raw_fd()),
         make_home,
         mounts,
         cwd,
@@ -172,12 +205,14 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     debug::log(format!("bwrap {}", shown(&args)));
     let sandbox_step = Step::new("run the sandbox");
     let mut registration = None;
+    let mut inherited = vec![exe.as_raw_fd(), passwd.as_raw_fd(), group.as_raw_fd()];
+    inherited.extend(noop_ids.iter().chain(&apt_config).map(|f| f.as_raw_fd()));
     let outcome = supervise::run(
         &bwrap.path,
         &args,
         &env,
         (status_read, status_write),
-        &[exe.as_raw_fd(), passwd.as_raw_fd(), group.as_raw_fd()],
+        &inherited,
         |bwrap_pid| match instance::register(&places.instances, bwrap_pid, &launch.command) {
             Ok(r) => registration = Some(r),
             Err(e) => eprintln!("fim: fim-instance will not list this instance: {e:#}"),

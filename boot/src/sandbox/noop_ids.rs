@@ -1,0 +1,119 @@
+//! Set-id and ownership calls made harmless for `fim-root` in a user namespace that maps
+//! one id. There the kernel refuses `setgroups`, `setuid(42)` or `chown(f, 105, 107)`:
+//! only uid and gid 0 exist. Package managers make such calls on purpose (apt drops to
+//! `_apt` for downloads, dpkg gives files to `messagebus`, useradd chowns a home) and stop
+//! when they fail. As Charliecloud's `ch-image --force=seccomp` does, a seccomp filter
+//! handed to bubblewrap makes them succeed without doing anything: every file stays the
+//! user's, and nothing can be gained, since every id inside is the user already.
+//! Device nodes cannot be made in a user namespace either; `mknod` of one is skipped too.
+//!
+//! apt alone checks that its switch to `_apt` happened (`getgid()` after `setresgid`), and
+//! stops with "Could not switch group". Its download sandbox cannot separate anything when
+//! one id is mapped, so in this mode apt is told not to use one: `APT_CONFIG` names a file
+//! in the sandbox's private `/tmp` that sets `APT::Sandbox::User "root"` (after including
+//! the image's own `/etc/apt/apt.conf` if it has one; `-o` still overrides it).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+
+use anyhow::Context;
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The calls that succeed without effect.
+const NO_OPS: &[libc::c_long] = &[
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setgroups,
+    libc::SYS_setreuid,
+    libc::SYS_setregid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+    libc::SYS_chown,
+    libc::SYS_fchown,
+    libc::SYS_lchown,
+    libc::SYS_fchownat,
+];
+
+/// Where apt's settings for this mode are, in the sandbox's private `/tmp`.
+pub const APT_CONFIG: &str = "/tmp/.fim-apt.conf";
+
+/// apt's main configuration file in this mode (apt reads it after `apt.conf.d/`).
+pub fn apt_config(image_has_main: bool) -> String {
+    let include = if image_has_main {
+        "#include \"/etc/apt/apt.conf\";\n"
+    } else {
+        ""
+    };
+    format!(
+        "{include}// fim-root with one id mapped: apt cannot switch to _apt here (fim-help fim-root)\n\
+         APT::Sandbox::User \"root\";\n"
+    )
+}
+
+/// The filter as bubblewrap reads it (`--add-seccomp-fd`): `struct sock_filter`s in a
+/// memfd, positioned at the start.
+pub fn filter_file() -> anyhow::Result<File> {
+    let program = program()?;
+    let mut bytes = Vec::with_capacity(program.len() * 8);
+    for insn in &program {
+        bytes.extend_from_slice(&insn.code.to_ne_bytes());
+        bytes.push(insn.jt);
+        bytes.push(insn.jf);
+        bytes.extend_from_slice(&insn.k.to_ne_bytes());
+    }
+    let fd =
+        memfd_create(c"fim-seccomp", MFdFlags::MFD_CLOEXEC).context("cannot create a memfd")?;
+    let mut file = File::from(fd);
+    file.write_all(&bytes)
+        .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+        .context("cannot write the seccomp filter to a memfd")?;
+    Ok(file)
+}
+
+/// The BPF program: the calls above return 0; everything else runs as usual.
+fn program() -> anyhow::Result<BpfProgram> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = NO_OPS.iter().map(|&n| (n, vec![])).collect();
+    // mknod(path, mode, dev) and mknodat(dirfd, path, mode, dev) of a character or block
+    // device; fifos and sockets are made as usual.
+    for (call, mode_arg) in [(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)] {
+        let device = |kind: u32| -> anyhow::Result<SeccompRule> {
+            let condition = SeccompCondition::new(
+                mode_arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(u64::from(libc::S_IFMT)),
+                u64::from(kind),
+            )?;
+            Ok(SeccompRule::new(vec![condition])?)
+        };
+        rules.insert(call, vec![device(libc::S_IFCHR)?, device(libc::S_IFBLK)?]);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(0),
+        TargetArch::x86_64,
+    )
+    .context("cannot build the seccomp filter")?;
+    filter
+        .try_into()
+        .context("cannot compile the seccomp filter")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_compiles_to_whole_instructions() {
+        let file = filter_file().expect("filter");
+        let len = file.metadata().expect("metadata").len();
+        assert!(len > 0 && len.is_multiple_of(8), "{len}");
+    }
+}
