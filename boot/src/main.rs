@@ -38,7 +38,26 @@ fn main() -> ExitCode {
     {
         return sandbox::shim::exec(&args[1..]);
     }
-    match commands::dispatch(&args) {
+    let outcome = commands::dispatch(&args);
+    if debug::enabled() {
+        // What a launch leaves open is leaked by it: the tests count this.
+        let open: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{}={}", e.file_name().display(), target.display())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        debug::log(format!(
+            "{} descriptors open at exit ({})",
+            open.len(),
+            open.join(" ")
+        ));
+    }
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             let program = std::env::args()

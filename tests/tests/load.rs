@@ -93,18 +93,44 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
     let runtime = app.runtime_dir();
     let mut first = None;
     let started = Instant::now();
+    // The launcher's own descriptors at exit (`FIM_DEBUG` says), at the launch that
+    // started the session, the tenth and the last.
+    let mut at_exit = Vec::new();
     for i in 0..count {
-        let out = app.run(["fim-exec", "true"]);
+        let debug = i == 0 || i == 9 || i == count - 1;
+        let out = fim_tests::run(
+            app.command(["fim-exec", "true"])
+                .env("FIM_DEBUG", if debug { "1" } else { "" }),
+        );
         out.assert_ok();
-        assert_eq!(out.stderr, "", "launch {i}");
+        if debug {
+            let open = out
+                .stderr
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("fim: debug: ")?
+                        .strip_suffix(" descriptors open at exit")
+                })
+                .unwrap_or_else(|| panic!("no count of descriptors at exit: {}", out.stderr))
+                .to_string();
+            at_exit.push((i, open));
+        } else {
+            assert_eq!(out.stderr, "", "launch {i}");
+        }
         if i == 9.min(count - 1) {
             let daemon = lingering_daemon(&app);
+            // Once it has seen the launcher leave, its one socket is the listening one.
+            wait_for(
+                || descriptors(daemon).get("socket") == Some(&1),
+                "the daemon to see the launcher leave",
+            );
             first = Some((daemon, descriptors(daemon)));
         }
     }
     let took = started.elapsed();
     eprintln!(
-        "sequential_launches {backend} {who:?}: {count} launches in {took:?} ({:?} each)",
+        "sequential_launches {backend} {who:?}: {count} launches in {took:?} ({:?} each); \
+         the launcher's descriptors at exit: {at_exit:?}",
         took / count as u32
     );
     // The daemon, still lingering, holds what it held after the tenth launch: no
@@ -112,12 +138,21 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
     // must hold the same).
     if let Some((daemon, before)) = first {
         let now = lingering_daemon(&app);
+        // Given a moment to see the last launcher leave.
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while descriptors(now) != before && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(
             descriptors(now),
             before,
             "the daemon's descriptors after launch 10 (pid {daemon}) and after launch {count} (pid {now})"
         );
     }
+    assert!(
+        at_exit.iter().all(|(_, n)| *n == at_exit[0].1),
+        "the launcher's descriptors at exit differ between launches (launch, count): {at_exit:?}"
+    );
     // And once the session ended: no process, mount or directory of it.
     wait_for_the_session_to_end(&app);
     assert_eq!(session_dirs(&app), Vec::<String>::new());
