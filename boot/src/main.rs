@@ -68,7 +68,18 @@ fn main() -> ExitCode {
                         .map(|n| n.to_string_lossy().into_owned())
                 })
                 .unwrap_or_else(|| "fim-boot".into());
-            eprintln!("{program}: {e:#}");
+            let line = format!("{e:#}");
+            // A full disk (or quota) is named by the path in the line; the fix is the same
+            // wherever it is (the data directory, TMPDIR, the extraction cache).
+            let full = [libc::ENOSPC, libc::EDQUOT]
+                .iter()
+                .any(|n| line.contains(&format!("(os error {n})")));
+            let fix = if full {
+                "; free some space on that file system and run again"
+            } else {
+                ""
+            };
+            eprintln!("{program}: {line}{fix}");
             ExitCode::from(RUNTIME_ERROR)
         }
     }
