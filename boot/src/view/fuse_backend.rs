@@ -114,9 +114,14 @@ pub fn mount_fuse(
                 (Isolation::Namespaces, 0) => ",allow_other".into(),
                 (Isolation::Namespaces, _) => ",allow_other,squash_to_uid=0,squash_to_gid=0".into(),
             };
+            // No writeback cache: with it the kernel accepts a write into memory and a full
+            // disk fails it only at fsync, so an app that does not sync loses it silently;
+            // without it the write itself gets ENOSPC, as on any disk.
             args.push(
-                format!("lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs{extra}")
-                    .into(),
+                format!(
+                    "lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs,writeback=0{extra}"
+                )
+                .into(),
             );
         }
         Overlay::Unionfs => {
