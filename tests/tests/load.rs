@@ -108,8 +108,10 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
                 .stderr
                 .lines()
                 .find_map(|l| {
-                    l.strip_prefix("fim: debug: ")?
-                        .strip_suffix(" descriptors open at exit")
+                    let (count, _) = l
+                        .strip_prefix("fim: debug: ")?
+                        .split_once(" descriptors open at exit")?;
+                    Some(count)
                 })
                 .unwrap_or_else(|| panic!("no count of descriptors at exit: {}", out.stderr))
                 .to_string();

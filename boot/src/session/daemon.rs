@@ -4,7 +4,9 @@
 //! one closes (exit or SIGKILL alike) the daemon takes the view down, removes its
 //! directories and exits. After a normal exit of the last launcher it lingers a moment
 //! for a relaunch. No polling while instances run; the daemon sleeps in `poll` until a
-//! launcher comes or goes.
+//! launcher comes or goes. If the view fails under the launchers (the FUSE server or the
+//! overlay backend stopped) or the daemon is told to stop, it tells each launcher why and
+//! hangs up, and they end their apps; a daemon that is killed just hangs up.
 //!
 //! It keeps nothing of the launcher's: not its terminal, not its descriptors, and not its
 //! standard error once the first launcher is served (under `FIM_DEBUG` its later lines go
