@@ -43,8 +43,18 @@ fn app(test: &str, who: Who, backend: &'static str) -> Option<App> {
     Some(App::new(test, who)?.with_overlay(backend))
 }
 
+/// A launcher, killed (with its app) if a failed check leaves it running.
+struct Launcher(Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Two instances of `app` running `sleep MARKER`, each started and printing `up`.
-fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Child> {
+fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Launcher> {
     (0..2)
         .map(|_| {
             let mut child = app
@@ -61,6 +71,7 @@ fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Child> {
             BufReader::new(child.stdout.as_mut().expect("stdout"))
                 .read_line(&mut line)
                 .expect("read");
+            let child = Launcher(child);
             assert_eq!(line, "up\n", "the instance did not start");
             child
         })
@@ -112,12 +123,13 @@ fn sigkill(pid: u32) {
 /// with status 125 and one line starting with [`ENDED`] that mentions `cause`; returns the
 /// slowest launcher's time.
 fn each_launcher_ends_with_one_line(
-    children: Vec<Child>,
+    children: Vec<Launcher>,
     killed: Instant,
     cause: &str,
 ) -> Duration {
     let mut slowest = Duration::ZERO;
-    for mut child in children {
+    for mut launcher in children {
+        let child = &mut launcher.0;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
@@ -190,7 +202,7 @@ fn a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh(backend: &'stat
     let marker = marker(&app, 1);
     let children = two_sleeping_instances(&app, &marker);
     wait_for(|| apps(&marker).len() == 2, "the apps");
-    let daemon = daemon_of(children[0].id());
+    let daemon = daemon_of(children[0].0.id());
     sigkill(daemon);
     let killed = Instant::now();
     let slowest =
