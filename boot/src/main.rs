@@ -38,7 +38,26 @@ fn main() -> ExitCode {
     {
         return sandbox::shim::exec(&args[1..]);
     }
-    match commands::dispatch(&args) {
+    let outcome = commands::dispatch(&args);
+    if debug::enabled() {
+        // What a launch leaves open is leaked by it: the tests count this.
+        let open: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{}={}", e.file_name().display(), target.display())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        debug::log(format!(
+            "{} descriptors open at exit ({})",
+            open.len(),
+            open.join(" ")
+        ));
+    }
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             let program = std::env::args()
@@ -49,7 +68,18 @@ fn main() -> ExitCode {
                         .map(|n| n.to_string_lossy().into_owned())
                 })
                 .unwrap_or_else(|| "fim-boot".into());
-            eprintln!("{program}: {e:#}");
+            let line = format!("{e:#}");
+            // A full disk (or quota) is named by the path in the line; the fix is the same
+            // wherever it is (the data directory, TMPDIR, the extraction cache).
+            let full = [libc::ENOSPC, libc::EDQUOT]
+                .iter()
+                .any(|n| line.contains(&format!("(os error {n})")));
+            let fix = if full {
+                "; free some space on that file system and run again"
+            } else {
+                ""
+            };
+            eprintln!("{program}: {line}{fix}");
             ExitCode::from(RUNTIME_ERROR)
         }
     }

@@ -96,34 +96,37 @@ impl Places {
     /// mounted on them; what is already gone is fine. Tries every one, reports the first
     /// failure.
     pub fn remove_session_files(&self) -> anyhow::Result<()> {
+        let first = self.remove_mount_points();
+        let socket = remove(&self.socket, std::fs::remove_file(&self.socket));
+        let instance = remove(&self.instance, std::fs::remove_dir(&self.instance));
+        first.and(socket).and(instance)
+    }
+
+    /// Removes the instance records and the mount points, but not the socket nor the
+    /// directory holding it.
+    pub fn remove_mount_points(&self) -> anyhow::Result<()> {
         let mut first = Ok(());
-        let mut note = |path: &Path, removed: std::io::Result<()>| match removed {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound && first.is_ok() => {
-                first = Err(e).with_context(|| format!("cannot remove {}", path.display()));
-            }
-            _ => {}
-        };
         // Records of instances that were killed before they could remove their own.
         if let Ok(records) = std::fs::read_dir(&self.instances) {
             for record in records.flatten() {
-                note(&record.path(), std::fs::remove_file(record.path()));
+                let removed = remove(&record.path(), std::fs::remove_file(record.path()));
+                first = first.and(removed);
             }
         }
-        for (path, is_dir) in [
-            (&self.socket, false),
-            (&self.instances, true),
-            (&self.layers, true),
-            (&self.root, true),
-            (&self.instance, true),
-        ] {
-            let removed = if is_dir {
-                std::fs::remove_dir(path)
-            } else {
-                std::fs::remove_file(path)
-            };
-            note(path, removed);
+        for dir in [&self.instances, &self.layers, &self.root] {
+            first = first.and(remove(dir, std::fs::remove_dir(dir)));
         }
         first
+    }
+}
+
+/// The outcome of removing `path`: already gone is fine.
+fn remove(path: &Path, removed: std::io::Result<()>) -> anyhow::Result<()> {
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
     }
 }
 

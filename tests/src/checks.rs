@@ -9,13 +9,21 @@ use crate::sandbox::{App, host_mounts_mentioning, processes_with};
 
 /// Ten instances started at once each write a file and see all ten: they share one view.
 pub fn ten_instances_share_one_view(app: &App) {
-    // Each writes its file, then waits until it sees all ten.
-    let script = "echo $0 > /data/i$0; n=0; while [ $n -lt 200 ]; do \
-                  [ $(ls /data | grep -c '^i') -ge 10 ] && break; sleep 0.05; n=$((n+1)); done; \
-                  ls /data | grep -c '^i'";
-    let children: Vec<Child> = (0..10)
+    instances_share_one_view(app, 10);
+}
+
+/// `count` instances started at once each write a file and see all of them (waiting up
+/// to 30 s for the others): they share one view.
+pub fn instances_share_one_view(app: &App, count: usize) {
+    // Each writes its file, then waits until it sees them all.
+    let script = format!(
+        "echo $0 > /data/i$0; n=0; while [ $n -lt 600 ]; do \
+         [ $(ls /data | grep -c '^i') -ge {count} ] && break; sleep 0.05; n=$((n+1)); done; \
+         ls /data | grep -c '^i'"
+    );
+    let children: Vec<Child> = (0..count)
         .map(|i| {
-            app.command(["fim-exec", "sh", "-c", script, &i.to_string()])
+            app.command(["fim-exec", "sh", "-c", &script, &i.to_string()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn_retrying()
@@ -28,7 +36,7 @@ pub fn ten_instances_share_one_view(app: &App) {
             "instance failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "10\n");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{count}\n"));
     }
 }
 

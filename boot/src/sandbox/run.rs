@@ -213,6 +213,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         &env,
         (status_read, status_write),
         &inherited,
+        membership.ended(),
         |bwrap_pid| match instance::register(&places.instances, bwrap_pid, &launch.command) {
             Ok(r) => registration = Some(r),
             Err(e) => eprintln!("fim: fim-instance will not list this instance: {e:#}"),
@@ -220,6 +221,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
     )?;
     drop(registration);
     drop(sandbox_step);
+    if outcome == Outcome::SessionEnded {
+        bail!(
+            "the image's session ended unexpectedly: {}; run it again",
+            membership.why_it_ended()
+        );
+    }
     if outcome == Outcome::SetupFailed {
         drop(membership);
         bail!("the sandbox could not be set up (bubblewrap's message is above)");

@@ -1,9 +1,13 @@
 //! Runs bubblewrap as a child and stays with it: relays signals sent to the launcher to the
 //! app, and exits with the app's status. The child gets `PDEATHSIG=SIGKILL`, so killing the
 //! launcher kills bubblewrap, whose `--die-with-parent` then ends the whole sandbox.
+//!
+//! The same wait watches the launcher's connection to the session daemon: when the session
+//! ends under the app (the daemon was killed, or its FUSE server or backend stopped, which
+//! leaves the app on a dead root), the sandbox is killed and the run ends.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitCode};
@@ -19,6 +23,7 @@ use nix::unistd::Pid;
 
 use super::shim::RELAYED;
 use crate::debug;
+use crate::view::fuse_backend::{millis, pidfd_open};
 
 /// `si_code` of a signal the kernel sent, e.g. the terminal's Ctrl-C to the whole
 /// foreground process group, which the app received as well.
@@ -31,16 +36,23 @@ pub enum Outcome {
     Exited(u8),
     /// bubblewrap failed before starting the app (it printed why).
     SetupFailed,
+    /// The session ended under the app, which was killed.
+    SessionEnded,
 }
 
+/// How long the sandbox may take to vanish once killed.
+const KILL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Runs `bwrap ARGS` with `env`; `inherited` descriptors survive into it. `started` gets
-/// bubblewrap's pid as soon as it runs.
+/// bubblewrap's pid as soon as it runs. `session` becomes readable when the session ends
+/// under the app.
 pub fn run(
     bwrap: &Path,
     args: &[OsString],
     env: &[(OsString, OsString)],
     status: (OwnedFd, OwnedFd),
     inherited: &[i32],
+    session: BorrowedFd<'_>,
     started: impl FnOnce(i32),
 ) -> anyhow::Result<Outcome> {
     let mut watched = SigSet::empty();
@@ -100,7 +112,7 @@ pub fn run(
         sandbox_init: None,
         open: true,
     };
-    supervisor.wait(&mut child, &signals)
+    supervisor.wait(&mut child, &signals, session)
 }
 
 struct Supervisor {
@@ -112,10 +124,18 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn wait(&mut self, child: &mut Child, signals: &SignalFd) -> anyhow::Result<Outcome> {
+    fn wait(
+        &mut self,
+        child: &mut Child,
+        signals: &SignalFd,
+        session: BorrowedFd<'_>,
+    ) -> anyhow::Result<Outcome> {
         loop {
-            let (status_ready, signal_ready) = {
-                let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            let (status_ready, signal_ready, session_ended) = {
+                let mut fds = vec![
+                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(session, PollFlags::POLLIN),
+                ];
                 if self.open {
                     fds.push(PollFd::new(self.status.as_fd(), PollFlags::POLLIN));
                 }
@@ -124,8 +144,20 @@ impl Supervisor {
                     Err(e) => return Err(e).context("poll"),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (fds.get(1).is_some_and(ready), ready(&fds[0]))
+                (
+                    fds.get(2).is_some_and(ready),
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                )
             };
+            if session_ended {
+                // An app that has just ended keeps its status.
+                if let Some(status) = child.try_wait().context("waiting for bubblewrap")? {
+                    return Ok(self.outcome(status));
+                }
+                self.kill(child);
+                return Ok(Outcome::SessionEnded);
+            }
             if status_ready {
                 self.read_status();
             }
@@ -152,6 +184,28 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Kills the sandbox: its init (which takes every process of its pid namespace with
+    /// it) and bubblewrap; returns once they are gone, or after [`KILL_TIMEOUT`].
+    fn kill(&mut self, child: &mut Child) {
+        if self.open && self.sandbox_init.is_none() {
+            self.read_status();
+        }
+        let init = self.sandbox_init.and_then(|pid| {
+            let pidfd = pidfd_open(pid as u32).ok()?;
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            Some(pidfd)
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(pidfd) = init {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, millis(KILL_TIMEOUT)), Ok(n) if n > 0) {
+                debug::log("the sandbox did not end within a second of being killed");
+            }
+        }
+        debug::log("the session ended under the app; the sandbox was killed");
     }
 
     /// Reads what bubblewrap reported so far (the pipe does not block).
@@ -242,7 +296,7 @@ impl From<Outcome> for ExitCode {
     fn from(o: Outcome) -> ExitCode {
         match o {
             Outcome::Exited(code) => ExitCode::from(code),
-            Outcome::SetupFailed => ExitCode::from(crate::RUNTIME_ERROR),
+            Outcome::SetupFailed | Outcome::SessionEnded => ExitCode::from(crate::RUNTIME_ERROR),
         }
     }
 }

@@ -4,7 +4,9 @@
 //! one closes (exit or SIGKILL alike) the daemon takes the view down, removes its
 //! directories and exits. After a normal exit of the last launcher it lingers a moment
 //! for a relaunch. No polling while instances run; the daemon sleeps in `poll` until a
-//! launcher comes or goes.
+//! launcher comes or goes. If the view fails under the launchers (the FUSE server or the
+//! overlay backend stopped) or the daemon is told to stop, it tells each launcher why and
+//! hangs up, and they end their apps; a daemon that is killed just hangs up.
 //!
 //! It keeps nothing of the launcher's: not its terminal, not its descriptors, and not its
 //! standard error once the first launcher is served (under `FIM_DEBUG` its later lines go
@@ -220,13 +222,12 @@ impl<'a> Daemon<'a> {
         self.admit(first, &mut clients, identity);
         // The first launcher has its answer: from now on, nothing of its stays open here.
         log_elsewhere(self.places);
-        let mut stopping = false;
         // Set while lingering after the last launcher left cleanly.
         let mut linger_until: Option<Instant> = None;
         loop {
             let mut timeout = PollTimeout::NONE;
             if clients.is_empty() {
-                if let Some(deadline) = linger_until.filter(|_| !stopping) {
+                if let Some(deadline) = linger_until {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !left.is_zero() {
                         timeout = millis(left);
@@ -249,11 +250,11 @@ impl<'a> Daemon<'a> {
                             // Holding the lock, no launcher can be on its way in, except
                             // one already queued on the socket.
                             match self.listener.accept() {
-                                Ok((stream, _)) if !stopping => {
+                                Ok((stream, _)) => {
                                     self.admit(stream, &mut clients, identity);
                                     continue;
                                 }
-                                _ => {
+                                Err(_) => {
                                     self.shut_down();
                                     drop(guard);
                                     return 0;
@@ -266,14 +267,8 @@ impl<'a> Daemon<'a> {
             }
 
             let (listener_ready, signalled, fuse_gone, helper_gone, readable) = {
-                // Once the FUSE server or the backend stopped, their descriptors stay
-                // readable: watch them no more.
-                let watched = |fd: Option<_>| match fd {
-                    Some(fd) if !stopping => fd,
-                    _ => self.signals.as_fd(),
-                };
-                let fuse = watched(self.view.layers_stopped());
-                let helper = watched(self.view.backend_exited());
+                let fuse = self.view.layers_stopped().unwrap_or(self.signals.as_fd());
+                let helper = self.view.backend_exited().unwrap_or(self.signals.as_fd());
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -288,8 +283,7 @@ impl<'a> Daemon<'a> {
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => {
-                        debug::log(format!("daemon: poll failed ({e}); ending"));
-                        return self.fail_all(clients);
+                        return self.stop(clients, format!("its daemon's poll failed ({e})"));
                     }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
@@ -333,30 +327,27 @@ impl<'a> Daemon<'a> {
                     Ok(_) => {}
                 }
             }
-            if signalled || ((fuse_gone || helper_gone) && !stopping) {
-                if signalled {
-                    let _ = self.signals.read_signal();
-                    debug::log("daemon: stopped by a signal");
-                } else if fuse_gone {
-                    debug::log("daemon: the FUSE server stopped");
-                } else {
-                    debug::log("daemon: the overlay backend stopped");
-                }
-                stopping = true;
-                clients.clear();
+            if signalled {
+                let signal = self
+                    .signals
+                    .read_signal()
+                    .ok()
+                    .flatten()
+                    .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
+                let signal = signal.map_or_else(|| "a signal".to_string(), |s| s.to_string());
+                return self.stop(clients, format!("its daemon was stopped by {signal}"));
+            }
+            if fuse_gone {
+                return self.stop(clients, "the FUSE server of its layers stopped".into());
+            }
+            if helper_gone {
+                let how = self.view.how_the_backend_ended();
+                return self.stop(clients, how);
             }
             if listener_ready {
                 while let Ok((stream, _)) = self.listener.accept() {
-                    if stopping {
-                        let mut stream = stream;
-                        send(
-                            &mut stream,
-                            &Greeting::Failed("the session is stopping; run again".into()),
-                        );
-                    } else {
-                        linger_until = None;
-                        self.admit(stream, &mut clients, identity);
-                    }
+                    linger_until = None;
+                    self.admit(stream, &mut clients, identity);
                 }
             }
         }
@@ -375,9 +366,36 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    fn fail_all(self, clients: Vec<UnixStream>) -> i32 {
-        drop(clients);
-        self.shut_down();
+    /// Ends a session that failed under its launchers, or that was told to stop: tells
+    /// each launcher why (they end their apps), takes the view down, and removes the
+    /// mount points. The socket goes too unless a launcher is on its way in (it holds the
+    /// session lock from connecting until it is greeted): that one is never answered, sees
+    /// the connection reset when this process exits, and starts a new session.
+    fn stop(self, clients: Vec<UnixStream>, why: String) -> i32 {
+        debug::log(format!(
+            "daemon: the session ends under its launchers: {why}"
+        ));
+        for mut client in clients {
+            send(&mut client, &Greeting::Ended(why.clone()));
+        }
+        let Daemon {
+            places,
+            listener,
+            view,
+            data_lock,
+            ..
+        } = self;
+        view.detach();
+        if let Err(e) = places.remove_mount_points() {
+            debug::log(format!("daemon: {e:#}"));
+        }
+        drop(data_lock);
+        if let Ok(file) = File::options().write(true).open(&places.session_lock)
+            && let Ok(_guard) = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        {
+            remove_session_files(places);
+        }
+        drop(listener);
         1
     }
 

@@ -6,8 +6,14 @@
 //! daemon -> launcher:  note TEXT\n ...        things the user should know (zero or more)
 //!                      progress DONE TOTAL\n ...   a long step's bytes (an extraction)
 //!                      ready PID IDENTITY INSTANCES WANTED USED\n | failed WHY\n
+//!                      ended WHY\n           (later, only when the session fails under its members)
 //! launcher -> daemon:  L (leaving after a normal run: linger) | Q (make way, only member)
 //! ```
+//!
+//! After `ready` the daemon is silent until the session ends under its members (the view's
+//! FUSE server or backend stopped, or the daemon was told to stop): then it sends `ended`
+//! and hangs up. A daemon that is killed just hangs up. Either way a launcher watching its
+//! connection ends its app.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -34,6 +40,8 @@ pub enum Greeting {
     Note(String),
     /// How far a long step of the set-up is, in bytes; it also keeps the launcher waiting.
     Progress { done: u64, total: u64 },
+    /// The session failed under its members and is ending; the text says why.
+    Ended(String),
 }
 
 impl Greeting {
@@ -49,6 +57,7 @@ impl Greeting {
             // One line, whatever the message held.
             Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
             Greeting::Note(what) => format!("note {}\n", what.replace('\n', " ")),
+            Greeting::Ended(why) => format!("ended {}\n", why.replace('\n', " ")),
             Greeting::Progress { done, total } => format!("progress {done} {total}\n"),
         }
     }
@@ -60,6 +69,9 @@ impl Greeting {
         }
         if let Some(what) = line.strip_prefix("note ") {
             return Some(Greeting::Note(what.to_string()));
+        }
+        if let Some(why) = line.strip_prefix("ended ") {
+            return Some(Greeting::Ended(why.to_string()));
         }
         if let Some(numbers) = line.strip_prefix("progress ") {
             let (done, total) = numbers.split_once(' ')?;
@@ -139,6 +151,16 @@ mod tests {
         ] {
             assert_eq!(Greeting::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_end_of_a_session_round_trips_as_one_line() {
+        let g = Greeting::Ended("fuse-overlayfs\nwas killed".into());
+        assert_eq!(g.encode(), "ended fuse-overlayfs was killed\n");
+        assert_eq!(
+            Greeting::parse(&g.encode()),
+            Some(Greeting::Ended("fuse-overlayfs was killed".into()))
+        );
     }
 
     #[test]

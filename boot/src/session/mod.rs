@@ -17,6 +17,7 @@ pub mod greeting;
 pub mod namespaces;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -51,6 +52,26 @@ impl Membership {
     /// Leaves after a normal run, which lets the session linger for a relaunch.
     pub fn leave(mut self) {
         let _ = self.connection.write_all(&[LEAVING]);
+    }
+
+    /// Becomes readable when the session ends under this member: its daemon died or sent
+    /// why it is ending. The daemon sends nothing else after the greeting.
+    pub fn ended(&self) -> BorrowedFd<'_> {
+        self.connection.as_fd()
+    }
+
+    /// Why the session ended, once [`Membership::ended`] is readable: the daemon's own
+    /// words, or that it died.
+    pub fn why_it_ended(&self) -> String {
+        let mut line = String::new();
+        let _ = self
+            .connection
+            .set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = BufReader::new(&self.connection).read_line(&mut line);
+        match Greeting::parse(&line) {
+            Some(Greeting::Ended(why)) => why,
+            _ => format!("its daemon (pid {}) died", self.daemon),
+        }
     }
 
     /// Asks the daemon, of which this is the only member, to end, and waits until it has.
@@ -240,9 +261,12 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
     let mut bar = ProgressLine::default();
     loop {
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .context("no answer from the session daemon")?;
+        match reader.read_line(&mut line) {
+            Ok(_) => {}
+            // Queued on a daemon that ended without answering: as good as a hang-up.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => line.clear(),
+            Err(e) => return Err(e).context("no answer from the session daemon"),
+        }
         if line.is_empty() {
             bar.clear();
             return Ok(None);
@@ -273,7 +297,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                     image,
                 )));
             }
-            Some(Greeting::Failed(why)) => bail!("{why}"),
+            Some(Greeting::Failed(why)) | Some(Greeting::Ended(why)) => bail!("{why}"),
             None => bail!("the session daemon sent a garbled greeting: {line:?}"),
         }
     }

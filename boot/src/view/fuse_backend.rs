@@ -47,6 +47,25 @@ impl Helper {
         self.pidfd.as_fd()
     }
 
+    /// How the backend ended, once [`Helper::exited`] is readable: `fuse-overlayfs (pid N)
+    /// was killed by SIGKILL`, or `... exited with status N`.
+    pub fn how_it_ended(&mut self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let pid = self.child.id();
+        let how = match self.child.try_wait() {
+            Ok(Some(status)) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+                    Ok(signal) => format!("was killed by {signal}"),
+                    Err(_) => format!("was killed by signal {signal}"),
+                },
+                _ => "ended".to_string(),
+            },
+            _ => "stopped".to_string(),
+        };
+        format!("{} (pid {pid}) {how}", self.name)
+    }
+
     /// Waits for the backend, whose mount the caller detached, to exit; kills it if it
     /// lingers (a sandbox process may still hold the view).
     pub fn stop(mut self) {
@@ -95,9 +114,14 @@ pub fn mount_fuse(
                 (Isolation::Namespaces, 0) => ",allow_other".into(),
                 (Isolation::Namespaces, _) => ",allow_other,squash_to_uid=0,squash_to_gid=0".into(),
             };
+            // No writeback cache: with it the kernel accepts a write into memory and a full
+            // disk fails it only at fsync, so an app that does not sync loses it silently;
+            // without it the write itself gets ENOSPC, as on any disk.
             args.push(
-                format!("lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs{extra}")
-                    .into(),
+                format!(
+                    "lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs,writeback=0{extra}"
+                )
+                .into(),
             );
         }
         Overlay::Unionfs => {
@@ -220,7 +244,8 @@ fn memfd(name: &str) -> anyhow::Result<File> {
     Ok(File::from(fd))
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+/// A descriptor that becomes readable when process `pid` exits.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {

@@ -159,6 +159,14 @@ impl View {
         self.helper.as_ref().map(Helper::exited)
     }
 
+    /// How the FUSE backend ended, once [`View::backend_exited`] is readable.
+    pub fn how_the_backend_ended(&mut self) -> String {
+        self.helper.as_mut().map_or_else(
+            || "the overlay backend stopped".into(),
+            Helper::how_it_ended,
+        )
+    }
+
     /// Takes the view down, top first (lazily: a dying sandbox may still hold it). A FUSE
     /// backend is waited for before the layers below it are unmounted: it holds them open
     /// until it exits.

@@ -1,0 +1,245 @@
+//! Faults under a running app: the session daemon killed (SIGKILL, as the OOM killer does),
+//! or the FUSE overlay backend killed under it. Every launcher of the session must end its
+//! app within a second and exit 125 with one line, and the next run must start a fresh
+//! session, leaving nothing of the dead one behind.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use fim_tests::checks::{session_dirs, wait_for, wait_for_the_session_to_end};
+use fim_tests::run::SpawnRetrying;
+use fim_tests::sandbox::{App, Who, host_mounts_mentioning, processes_with};
+use fim_tests::{dist_dir, skip, which};
+
+fim_tests::per_backend!(a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh);
+fim_tests::per_backend_fuse!(a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh);
+
+/// The one line every launcher of a session that died under it prints (after the image's
+/// name).
+const ENDED: &str = "app.flatimage: the image's session ended unexpectedly: ";
+
+/// How long a launcher may take to notice (the brief gives the app a second; this leaves
+/// room for a loaded machine).
+const NOTICE: Duration = Duration::from_secs(2);
+
+/// A fresh app run with `backend`; `None` (after saying why) when it cannot run here.
+fn app(test: &str, who: Who, backend: &'static str) -> Option<App> {
+    let program = match backend {
+        "overlayfs" => Some("fuse-overlayfs"),
+        "unionfs" => Some("unionfs"),
+        _ => None,
+    };
+    if let Some(program) = program
+        && !dist_dir().join(program).is_file()
+        && which(program).is_none()
+    {
+        skip(&format!(
+            "{test} with {backend}: {program} is neither built in dist/ nor installed"
+        ));
+        return None;
+    }
+    Some(App::new(test, who)?.with_overlay(backend))
+}
+
+/// A launcher, killed (with its app) if a failed check leaves it running.
+struct Launcher(Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two instances of `app` running `sleep MARKER`, each started and printing `up`.
+fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Launcher> {
+    (0..2)
+        .map(|_| {
+            let mut child = app
+                .command([
+                    "fim-exec",
+                    "sh",
+                    "-c",
+                    &format!("echo up; exec sleep {marker}"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn_retrying();
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().expect("stdout"))
+                .read_line(&mut line)
+                .expect("read");
+            let child = Launcher(child);
+            assert_eq!(line, "up\n", "the instance did not start");
+            child
+        })
+        .collect()
+}
+
+/// A marker for the apps' command lines, unique to this test process, test and run.
+fn marker(app: &App, test: u32) -> String {
+    format!(
+        "{}.{test}{}{}",
+        5000 + std::process::id() % 1000,
+        app.who as u8,
+        app.overlay.map_or(0, str::len)
+    )
+}
+
+/// The apps: processes running `sleep MARKER` (not the launchers, whose command lines
+/// hold it too).
+fn apps(marker: &str) -> Vec<u32> {
+    processes_with(&format!("sleep {marker}"))
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
+        })
+        .collect()
+}
+
+/// The session daemon: the first launcher's child that is not bubblewrap (it is a fork of
+/// the launcher, with its command line).
+fn daemon_of(launcher: u32) -> u32 {
+    let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .expect("read the launcher's children");
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|pid| cmdline(*pid) == cmdline(launcher))
+        .expect("the first launcher forked the session daemon")
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: kill has no memory preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// Waits for each launcher to exit and checks it did so within [`NOTICE`] of `killed`,
+/// with status 125 and one line starting with [`ENDED`] that mentions `cause`; returns the
+/// slowest launcher's time.
+fn each_launcher_ends_with_one_line(
+    children: Vec<Launcher>,
+    killed: Instant,
+    cause: &str,
+) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for mut launcher in children {
+        let child = &mut launcher.0;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                killed.elapsed() < NOTICE + Duration::from_secs(3),
+                "a launcher still runs {:?} after its session died",
+                killed.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let took = killed.elapsed();
+        slowest = slowest.max(took);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            status.code() == Some(125)
+                && lines.len() == 1
+                && lines[0].starts_with(ENDED)
+                && lines[0].contains(cause),
+            "the launcher should exit 125 with one line {ENDED:?}... naming {cause:?}; got {status}: {stderr}"
+        );
+        assert!(took < NOTICE, "a launcher took {took:?} to end");
+    }
+    slowest
+}
+
+/// After a session died: no app is left, the next run works, and once its session ended
+/// nothing is left: no directory, host mount or process of the image's runtime directory.
+fn the_next_run_starts_afresh(app: &App, marker: &str) {
+    assert_eq!(
+        apps(marker),
+        Vec::<u32>::new(),
+        "an app survived the end of its session"
+    );
+    let out = app.sh("cat /data/keep.txt");
+    out.assert_ok();
+    assert_eq!(out.stdout, "keep\n");
+    wait_for_the_session_to_end(app);
+    nothing_left(app, &app.runtime_dir());
+}
+
+fn nothing_left(app: &App, runtime: &Path) {
+    assert_eq!(
+        session_dirs(app),
+        Vec::<String>::new(),
+        "session files remain"
+    );
+    assert!(
+        host_mounts_mentioning(runtime).is_empty(),
+        "a mount of the session is visible on the host"
+    );
+    let runtime = runtime.to_string_lossy().into_owned();
+    wait_for(
+        || processes_with(&runtime).is_empty(),
+        "the session's processes",
+    );
+}
+
+fn a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh(backend: &'static str, who: Who) {
+    let Some(app) = app("killed_daemon", who, backend) else {
+        return;
+    };
+    let marker = marker(&app, 1);
+    let children = two_sleeping_instances(&app, &marker);
+    wait_for(|| apps(&marker).len() == 2, "the apps");
+    let daemon = daemon_of(children[0].0.id());
+    sigkill(daemon);
+    let killed = Instant::now();
+    let slowest =
+        each_launcher_ends_with_one_line(children, killed, &format!("daemon (pid {daemon}) died"));
+    eprintln!("killed_daemon {backend} {who:?}: the launchers ended {slowest:?} after the kill");
+    the_next_run_starts_afresh(&app, &marker);
+}
+
+fn a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh(
+    backend: &'static str,
+    who: Who,
+) {
+    let Some(app) = app("killed_backend", who, backend) else {
+        return;
+    };
+    let marker = marker(&app, 2);
+    let children = two_sleeping_instances(&app, &marker);
+    wait_for(|| apps(&marker).len() == 2, "the apps");
+    let name = if backend == "overlayfs" {
+        "fuse-overlayfs"
+    } else {
+        "unionfs"
+    };
+    // The backend runs under its own name and names the session's mount point.
+    let root = app.runtime_dir().to_string_lossy().into_owned();
+    let backends: Vec<u32> = processes_with(&root)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(format!("{name}\0").as_bytes()))
+        })
+        .collect();
+    assert_eq!(backends.len(), 1, "one FUSE backend: {backends:?}");
+    sigkill(backends[0]);
+    let killed = Instant::now();
+    let cause = format!("{name} (pid {}) was killed by SIGKILL", backends[0]);
+    let slowest = each_launcher_ends_with_one_line(children, killed, &cause);
+    eprintln!("killed_backend {backend} {who:?}: the launchers ended {slowest:?} after the kill");
+    the_next_run_starts_afresh(&app, &marker);
+}
