@@ -261,6 +261,27 @@ extern "C" fn remove_base_dir() {
     let _ = std::fs::remove_dir_all(base_dir());
 }
 
+/// A fresh copy of the base image run by `who` with `FIM_OVERLAY=backend`; `None` (after
+/// saying why) when the backend's program is neither built in `dist/` (so embedded) nor
+/// installed.
+pub fn app_with_backend(test: &str, who: Who, backend: &'static str) -> Option<App> {
+    let program = match backend {
+        "overlayfs" => Some("fuse-overlayfs"),
+        "unionfs" => Some("unionfs"),
+        _ => None,
+    };
+    if let Some(program) = program
+        && !crate::dist_dir().join(program).is_file()
+        && which(program).is_none()
+    {
+        skip(&format!(
+            "{test} with {backend}: {program} is neither built in dist/ nor installed"
+        ));
+        return None;
+    }
+    Some(App::new(test, who)?.with_overlay(backend))
+}
+
 impl App {
     /// A fresh copy of the base image run by `who`; `None` (after printing why) when
     /// that cannot be done here.

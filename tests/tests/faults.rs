@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use fim_tests::checks::{session_dirs, wait_for, wait_for_the_session_to_end};
 use fim_tests::run::SpawnRetrying;
-use fim_tests::sandbox::{App, Who, host_mounts_mentioning, processes_with};
-use fim_tests::{dist_dir, skip, which};
+use fim_tests::sandbox::{
+    App, Who, app_with_backend as app, host_mounts_mentioning, processes_with,
+};
 
 fim_tests::per_backend!(a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh);
 fim_tests::per_backend_fuse!(a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh);
@@ -23,25 +24,6 @@ const ENDED: &str = "app.flatimage: the image's session ended unexpectedly: ";
 /// How long a launcher may take to notice (the brief gives the app a second; this leaves
 /// room for a loaded machine).
 const NOTICE: Duration = Duration::from_secs(2);
-
-/// A fresh app run with `backend`; `None` (after saying why) when it cannot run here.
-fn app(test: &str, who: Who, backend: &'static str) -> Option<App> {
-    let program = match backend {
-        "overlayfs" => Some("fuse-overlayfs"),
-        "unionfs" => Some("unionfs"),
-        _ => None,
-    };
-    if let Some(program) = program
-        && !dist_dir().join(program).is_file()
-        && which(program).is_none()
-    {
-        skip(&format!(
-            "{test} with {backend}: {program} is neither built in dist/ nor installed"
-        ));
-        return None;
-    }
-    Some(App::new(test, who)?.with_overlay(backend))
-}
 
 /// A launcher, killed (with its app) if a failed check leaves it running.
 struct Launcher(Child);

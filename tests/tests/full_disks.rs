@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fim_tests::checks::wait_for_the_session_to_end;
-use fim_tests::sandbox::{App, Who};
-use fim_tests::{dist_dir, is_root, skip, which};
+use fim_tests::sandbox::{App, Who, app_with_backend as app};
+use fim_tests::{is_root, skip};
 
 fim_tests::per_backend!(a_full_data_directory_gives_enospc_and_keeps_what_was_written);
 fim_tests::for_both!(a_full_tmpdir_fails_with_one_line);
@@ -52,25 +52,6 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-/// A fresh app run with `backend`; `None` (after saying why) when it cannot run here.
-fn app(test: &str, who: Who, backend: &'static str) -> Option<App> {
-    let program = match backend {
-        "overlayfs" => Some("fuse-overlayfs"),
-        "unionfs" => Some("unionfs"),
-        _ => None,
-    };
-    if let Some(program) = program
-        && !dist_dir().join(program).is_file()
-        && which(program).is_none()
-    {
-        skip(&format!(
-            "{test} with {backend}: {program} is neither built in dist/ nor installed"
-        ));
-        return None;
-    }
-    Some(App::new(test, who)?.with_overlay(backend))
 }
 
 fn a_full_data_directory_gives_enospc_and_keeps_what_was_written(backend: &'static str, who: Who) {

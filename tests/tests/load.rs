@@ -9,32 +9,14 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use fim_tests::checks::{self, session_dirs, wait_for, wait_for_the_session_to_end};
-use fim_tests::sandbox::{App, Who, host_mounts_mentioning, processes_with};
-use fim_tests::{dist_dir, skip, which};
+use fim_tests::sandbox::{
+    App, Who, app_with_backend as app, host_mounts_mentioning, processes_with,
+};
 
 fim_tests::per_backend!(
     fifty_instances_at_once_share_one_view,
     many_sequential_launches_leave_nothing_behind,
 );
-
-/// A fresh app run with `backend`; `None` (after saying why) when it cannot run here.
-fn app(test: &str, who: Who, backend: &'static str) -> Option<App> {
-    let program = match backend {
-        "overlayfs" => Some("fuse-overlayfs"),
-        "unionfs" => Some("unionfs"),
-        _ => None,
-    };
-    if let Some(program) = program
-        && !dist_dir().join(program).is_file()
-        && which(program).is_none()
-    {
-        skip(&format!(
-            "{test} with {backend}: {program} is neither built in dist/ nor installed"
-        ));
-        return None;
-    }
-    Some(App::new(test, who)?.with_overlay(backend))
-}
 
 fn fifty_instances_at_once_share_one_view(backend: &'static str, who: Who) {
     let Some(app) = app("fifty_instances", who, backend) else {
