@@ -36,19 +36,11 @@ pub use tree::{Tree, assert_same_tree, diff, snapshot};
 macro_rules! per_backend {
     ($($check:ident),* $(,)?) => {$(
         mod $check {
-            use $crate::sandbox::Who;
             #[test]
-            fn bwrap_as_invoker() { super::$check("bwrap", Who::Invoker) }
+            fn bwrap_as_invoker() { super::$check("bwrap", $crate::sandbox::Who::Invoker) }
             #[test]
-            fn bwrap_as_unprivileged_user() { super::$check("bwrap", Who::User) }
-            #[test]
-            fn overlayfs_as_invoker() { super::$check("overlayfs", Who::Invoker) }
-            #[test]
-            fn overlayfs_as_unprivileged_user() { super::$check("overlayfs", Who::User) }
-            #[test]
-            fn unionfs_as_invoker() { super::$check("unionfs", Who::Invoker) }
-            #[test]
-            fn unionfs_as_unprivileged_user() { super::$check("unionfs", Who::User) }
+            fn bwrap_as_unprivileged_user() { super::$check("bwrap", $crate::sandbox::Who::User) }
+            $crate::fuse_backend_tests!($check);
         }
     )*};
 }
@@ -59,15 +51,30 @@ macro_rules! per_backend {
 macro_rules! per_backend_fuse {
     ($($check:ident),* $(,)?) => {$(
         mod $check {
-            use $crate::sandbox::Who;
-            #[test]
-            fn overlayfs_as_invoker() { super::$check("overlayfs", Who::Invoker) }
-            #[test]
-            fn overlayfs_as_unprivileged_user() { super::$check("overlayfs", Who::User) }
-            #[test]
-            fn unionfs_as_invoker() { super::$check("unionfs", Who::Invoker) }
-            #[test]
-            fn unionfs_as_unprivileged_user() { super::$check("unionfs", Who::User) }
+            $crate::fuse_backend_tests!($check);
         }
     )*};
+}
+
+/// The tests of `check` for the FUSE backends, inside the module the macros above make.
+#[macro_export]
+macro_rules! fuse_backend_tests {
+    ($check:ident) => {
+        #[test]
+        fn overlayfs_as_invoker() {
+            super::$check("overlayfs", $crate::sandbox::Who::Invoker)
+        }
+        #[test]
+        fn overlayfs_as_unprivileged_user() {
+            super::$check("overlayfs", $crate::sandbox::Who::User)
+        }
+        #[test]
+        fn unionfs_as_invoker() {
+            super::$check("unionfs", $crate::sandbox::Who::Invoker)
+        }
+        #[test]
+        fn unionfs_as_unprivileged_user() {
+            super::$check("unionfs", $crate::sandbox::Who::User)
+        }
+    };
 }
