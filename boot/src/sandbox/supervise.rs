@@ -43,6 +43,11 @@ pub enum Outcome {
 /// How long the sandbox may take to vanish once killed.
 const KILL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long an app killed by a signal waits for the session to say it ended: an app whose
+/// view died under it (a killed FUSE backend or daemon) gets SIGBUS or SIGSEGV, often
+/// before the daemon has told its launchers why.
+const VERDICT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Runs `bwrap ARGS` with `env`; `inherited` descriptors survive into it. `started` gets
 /// bubblewrap's pid as soon as it runs. `session` becomes readable when the session ends
 /// under the app.
@@ -151,8 +156,12 @@ impl Supervisor {
                 )
             };
             if session_ended {
-                // An app that has just ended keeps its status.
+                // An app that has just ended on its own keeps its status; one that a signal
+                // killed died with its view.
                 if let Some(status) = child.try_wait().context("waiting for bubblewrap")? {
+                    if killed_by_signal(status) {
+                        return Ok(Outcome::SessionEnded);
+                    }
                     return Ok(self.outcome(status));
                 }
                 self.kill(child);
@@ -179,6 +188,10 @@ impl Supervisor {
                     // Whatever bubblewrap reported before exiting is in the pipe by now.
                     if self.open {
                         self.read_status();
+                    }
+                    if killed_by_signal(status) && readable_within(session, VERDICT_TIMEOUT) {
+                        debug::log("the app was killed as its session ended");
+                        return Ok(Outcome::SessionEnded);
                     }
                     return Ok(self.outcome(status));
                 }
@@ -299,4 +312,14 @@ impl From<Outcome> for ExitCode {
             Outcome::SetupFailed | Outcome::SessionEnded => ExitCode::from(crate::RUNTIME_ERROR),
         }
     }
+}
+/// Whether the app was killed by a signal: bubblewrap exits with 128+N for it.
+fn killed_by_signal(status: std::process::ExitStatus) -> bool {
+    status.signal().is_some() || status.code().is_some_and(|c| c > 128)
+}
+
+/// Whether `fd` becomes readable (or hangs up) within `limit`.
+fn readable_within(fd: BorrowedFd<'_>, limit: Duration) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, millis(limit)), Ok(n) if n > 0)
 }
