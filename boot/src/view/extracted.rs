@@ -148,7 +148,7 @@ pub fn tree(
         .map(|l| l.superblock().data_size)
         .sum();
     report.note(format!(
-        "FUSE is unavailable: extracting the image's layers (about {} MiB) into {}; later runs reuse them",
+        "extracting the image's layers (about {} MiB) into {}; later runs reuse them",
         total.div_ceil(1 << 20),
         dir.display()
     ));
