@@ -271,13 +271,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("building a layer from {}", input.display()))?;
         bar.finish();
         total_in += stats.content_bytes;
-        eprintln!(
-            "fim: layer {index}: {} entries, {} of content ({} unique) -> {}",
-            stats.entries,
-            human(stats.content_bytes),
-            human(stats.unique_bytes),
-            human(stats.layer_size)
-        );
+        report_layer(index, &stats);
     }
     writer
         .finish()
@@ -343,6 +337,17 @@ fn stage(input: &Path, output: &Path) -> anyhow::Result<Staged> {
 }
 
 /// Bytes in binary units, one decimal.
+/// The line `fim build` prints for each layer it wrote.
+pub fn report_layer(index: usize, stats: &fim_layers::BuildStats) {
+    eprintln!(
+        "fim: layer {index}: {} entries, {} of content ({} unique) -> {}",
+        stats.entries,
+        human(stats.content_bytes),
+        human(stats.unique_bytes),
+        human(stats.layer_size)
+    );
+}
+
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 pub use select::Platform;
 
-use crate::build::human;
+use crate::build::report_layer;
 use crate::progress::Bar;
 use crate::tarball::{self, Compression};
 use layer::IdFiles;
@@ -601,13 +601,7 @@ fn add(
         .add_layer_from_dir(dir, options, &bar)
         .with_context(|| format!("building layer {index}"))?;
     bar.finish();
-    eprintln!(
-        "fim: layer {index}: {} entries, {} of content ({} unique) -> {}",
-        stats.entries,
-        human(stats.content_bytes),
-        human(stats.unique_bytes),
-        human(stats.layer_size)
-    );
+    report_layer(index, &stats);
     Ok(stats.content_bytes)
 }
 
