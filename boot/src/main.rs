@@ -10,12 +10,14 @@
 //! commit/    the upper directory becomes a layer, exactly once (the session daemon
 //!            finishes an interrupted one with its journal before it mounts)
 //! view/      what the app sees as /: the layer stack, its FUSE server, the overlay backends
+//! desktop/   the menu entry, icons and file types under $XDG_DATA_HOME, kept current by runs
 //! locks, places, tools, durable, debug: small pieces every folder may use
 //! ```
 
 mod commands;
 mod commit;
 mod debug;
+mod desktop;
 mod durable;
 mod locks;
 mod places;

@@ -1,5 +1,5 @@
-//! The menu entry: `applications/<id>.desktop`, as the Desktop Entry Specification 1.5
-//! writes it. Values are escaped as its "string" type says (`\\`, `\s` for a leading
+//! The menu entry: `applications/<id>.desktop`, as the Desktop Entry Specification writes
+//! it (version 1.4: the newest that current distributions' validators know). Values are escaped as its "string" type says (`\\`, `\s` for a leading
 //! space, `\;` inside lists); `Exec` quotes the image's path as one argument (inside
 //! double quotes `"`, `` ` ``, `$` and `\` take a backslash; `%` is doubled) and passes
 //! the opened files with `%F`.
@@ -21,7 +21,7 @@ use crate::settings::Settings;
 pub fn desktop_entry(settings: &Settings, image: &str, icon: Option<&str>) -> String {
     let mut lines = vec![
         "[Desktop Entry]".to_owned(),
-        "Version=1.5".to_owned(),
+        "Version=1.4".to_owned(),
         "Type=Application".to_owned(),
         format!("Name={}", string_value(&settings.name)),
     ];

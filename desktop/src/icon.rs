@@ -63,10 +63,14 @@ pub fn read_icon(path: &Path) -> Result<Icon, DesktopError> {
         return Err(too_big(meta.len()));
     }
     let data = std::fs::read(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    let is_jpeg = data.starts_with(&[0xff, 0xd8, 0xff]);
+    if !is_jpeg && data.len() > ICON_DATA_CAPACITY {
+        return Err(too_big(data.len() as u64));
+    }
     let (extension, data) = if data.starts_with(b"\x89PNG\r\n\x1a\n") {
         decode(&data, ImageFormat::Png).map_err(|e| refuse(format!("is not a valid PNG: {e}")))?;
         ("png", data)
-    } else if data.starts_with(&[0xff, 0xd8, 0xff]) {
+    } else if is_jpeg {
         let picture = decode(&data, ImageFormat::Jpeg)
             .map_err(|e| refuse(format!("is not a valid JPEG: {e}")))?;
         let picture = if picture.width().max(picture.height()) > JPEG_SIDE_MAX {

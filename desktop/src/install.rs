@@ -258,32 +258,56 @@ impl Integration<'_> {
         })
     }
 
+    /// The icon name entries and types use, when the icons are integrated.
+    fn icon_name(&self) -> Option<String> {
+        self.icon
+            .filter(|_| self.settings.enabled.icon)
+            .map(|_| self.id())
+    }
+
+    /// The menu entry's text.
+    pub fn entry(&self) -> Result<String, DesktopError> {
+        let image = self.image_text()?;
+        Ok(desktop_entry(
+            self.settings,
+            image,
+            self.icon_name().as_deref(),
+        ))
+    }
+
+    /// The MIME package's text; the image's own type is `application/x-flatimage-<md5>`.
+    pub fn mime(&self) -> Result<String, DesktopError> {
+        let id = self.id();
+        let digest = id
+            .strip_prefix("flatimage_")
+            .and_then(|rest| rest.get(..32))
+            .unwrap_or_default();
+        let own_type = format!("{}-{digest}", crate::IMAGE_TYPE);
+        let file_name = self
+            .image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| DesktopError::UnusablePath(self.image.to_owned()))?;
+        Ok(mime_package(
+            self.settings,
+            &own_type,
+            file_name,
+            self.icon_name().as_deref(),
+        ))
+    }
+
     /// The files to write, relative to the data home, with their bytes.
     fn files(&self, id: &str) -> Result<Vec<(PathBuf, Vec<u8>)>, DesktopError> {
-        let image = self.image_text()?;
         let enabled = self.settings.enabled;
         let icon = self.icon.filter(|_| enabled.icon);
-        let icon_name = icon.map(|_| id);
         let mut files = Vec::new();
         if enabled.entry {
-            let text = desktop_entry(self.settings, image, icon_name);
-            files.push((
-                Path::new(APPLICATIONS).join(format!("{id}.desktop")),
-                text.into_bytes(),
-            ));
+            let path = Path::new(APPLICATIONS).join(format!("{id}.desktop"));
+            files.push((path, self.entry()?.into_bytes()));
         }
         if enabled.mimetype {
-            let own_type = format!("{}-{}", crate::IMAGE_TYPE, &id["flatimage_".len()..][..32]);
-            let file_name = self
-                .image
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| DesktopError::UnusablePath(self.image.to_owned()))?;
-            let text = mime_package(self.settings, &own_type, file_name, icon_name);
-            files.push((
-                Path::new(MIME_PACKAGES).join(format!("{id}.xml")),
-                text.into_bytes(),
-            ));
+            let path = Path::new(MIME_PACKAGES).join(format!("{id}.xml"));
+            files.push((path, self.mime()?.into_bytes()));
         }
         if let Some(icon) = icon {
             match IconKind::of(icon) {
@@ -430,8 +454,9 @@ fn remove_integration(
     Ok(())
 }
 
-/// Removes `home/file`, then its parent directories up to `home` that are left empty
-/// (the icon size folders the integration created). False when it was not there.
+/// Removes `home/file`, then its parent directories that are left empty (the icon size
+/// folders the integration created), up to the places themselves, which the cache tools
+/// need. False when it was not there.
 fn remove_file(home: &Path, file: &Path) -> Result<bool, DesktopError> {
     let path = home.join(file);
     match std::fs::remove_file(&path) {
@@ -440,7 +465,10 @@ fn remove_file(home: &Path, file: &Path) -> Result<bool, DesktopError> {
         Err(e) => return Err(DesktopError::io(path, e)),
     }
     let mut dir = path.parent();
-    while let Some(d) = dir.filter(|d| *d != home && d.starts_with(home)) {
+    let places = [APPLICATIONS, MIME_PACKAGES, ICONS].map(|place| home.join(place));
+    while let Some(d) =
+        dir.filter(|d| *d != home && d.starts_with(home) && !places.iter().any(|p| p == d))
+    {
         if std::fs::remove_dir(d).is_err() {
             break;
         }

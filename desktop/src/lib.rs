@@ -19,12 +19,13 @@ mod install;
 mod mime;
 mod settings;
 
-pub use entry::desktop_entry;
+use entry::desktop_entry;
 pub use error::DesktopError;
 pub use icon::{ICON_SIZES, IconKind, read_icon, render_png};
 pub use install::{
     Installed, Integration, Manifest, clean_stale, data_home, desktop_id, list_integrations,
     opted_out, remove,
 };
-pub use mime::{IMAGE_TYPE, mime_package};
+pub use mime::IMAGE_TYPE;
+use mime::mime_package;
 pub use settings::{DocumentType, Integrations, OwnType, Settings, SetupFile};

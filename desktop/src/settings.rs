@@ -10,8 +10,9 @@
 //!  "mime_types": ["application/x-game-save", {"type": "application/x-game-map", "globs": ["*.map"]}]}
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use fim_reserved::{Icon, Reserved};
 use serde::{Deserialize, Serialize};
 
 use crate::DesktopError;
@@ -154,6 +155,23 @@ impl SetupFile {
         serde_json::from_str(text).map_err(|e| DesktopError::settings(e.to_string()))
     }
 
+    /// Reads the setup file at `path` and its icon: the settings to store (keeping
+    /// `previous`'s integrations unless the file names them) and the icon.
+    pub fn load(
+        path: &Path,
+        previous: Option<&Settings>,
+    ) -> Result<(Settings, Icon), DesktopError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DesktopError::io(path, e))?;
+        let file = SetupFile::parse(&text)
+            .map_err(|e| DesktopError::settings(format!("{}: {e}", path.display())))?;
+        let settings = file
+            .settings(previous)
+            .map_err(|e| DesktopError::settings(format!("{}: {e}", path.display())))?;
+        let icon_path = path.parent().unwrap_or(Path::new(".")).join(&file.icon);
+        let icon = crate::read_icon(&icon_path)?;
+        Ok((settings, icon))
+    }
+
     /// The settings to store, keeping `previous`'s integrations unless this file names them.
     pub fn settings(&self, previous: Option<&Settings>) -> Result<Settings, DesktopError> {
         let settings = Settings {
@@ -204,6 +222,26 @@ impl Settings {
             .map_err(|e| DesktopError::settings(format!("stored desktop settings: {e}")))?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The settings an image keeps, if it has any.
+    pub fn from_reserved(reserved: &Reserved) -> Result<Option<Self>, DesktopError> {
+        reserved
+            .desktop()
+            .map(|text| Settings::from_stored(&text))
+            .transpose()
+    }
+
+    /// Stores these settings and `icon` (when given) in `reserved`.
+    pub fn store(&self, reserved: &mut Reserved, icon: Option<&Icon>) -> Result<(), DesktopError> {
+        let refused = |e: fim_reserved::ReservedError| DesktopError::settings(e.to_string());
+        reserved
+            .set_desktop(Some(&self.to_stored()))
+            .map_err(refused)?;
+        if let Some(icon) = icon {
+            reserved.set_icon(Some(icon)).map_err(refused)?;
+        }
+        Ok(())
     }
 
     /// The text for the reserved desktop region (compact JSON).

@@ -2,6 +2,30 @@
 
 use crate::error::{ImageError, Result};
 
+/// Where every image marks itself inside the launcher's ELF identification bytes
+/// (`e_ident[8..11]`, ABI version and padding, which Linux ignores for executables): the
+/// bytes FlatImage writes there, so a file manager's magic rule (`FI\x01` at 8) knows an
+/// image without reading its end, as AppImage's `AI\x02` does for AppImages.
+pub const IMAGE_MARK_OFFSET: usize = 8;
+pub const IMAGE_MARK: [u8; 3] = *b"FI\x01";
+
+/// `launcher` with the [`IMAGE_MARK`] written in, refused if those bytes hold anything
+/// else than zeros or the mark.
+pub fn marked(launcher: &[u8]) -> Result<Vec<u8>> {
+    let range = IMAGE_MARK_OFFSET..IMAGE_MARK_OFFSET + IMAGE_MARK.len();
+    match launcher.get(range.clone()) {
+        Some(b) if b == IMAGE_MARK || b.iter().all(|&x| x == 0) => {
+            let mut bytes = launcher.to_vec();
+            bytes[range].copy_from_slice(&IMAGE_MARK);
+            Ok(bytes)
+        }
+        Some(_) => Err(ImageError::Launcher(
+            "ELF identification bytes 8..11 are in use; the image mark cannot be written".into(),
+        )),
+        None => Err(ImageError::Launcher("too short for an ELF header".into())),
+    }
+}
+
 /// End of the ELF file image: the furthest byte any header, section or segment covers.
 /// This is the formula AppImage and uruntime use (section table end, every non-NOBITS
 /// section's end), extended to program segments so a stripped binary is measured right.
@@ -82,5 +106,23 @@ mod tests {
     fn truncated_elf_is_refused() {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(elf_end(&exe[..exe.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn mark_is_written_at_byte_8_and_keeps_the_elf_valid() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let marked = marked(&exe).unwrap();
+        assert_eq!(&marked[8..11], b"FI\x01");
+        assert_eq!(&marked[..8], &exe[..8]);
+        assert_eq!(elf_end(&marked).unwrap(), elf_end(&exe).unwrap());
+        // Marking twice changes nothing.
+        assert_eq!(super::marked(&marked).unwrap(), marked);
+    }
+
+    #[test]
+    fn mark_refuses_bytes_already_in_use() {
+        let mut exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        exe[9] = 7;
+        assert!(marked(&exe).is_err());
     }
 }

@@ -8,7 +8,7 @@ pub mod image;
 pub mod trailer;
 pub mod write;
 
-pub use elf::elf_end;
+pub use elf::{IMAGE_MARK, IMAGE_MARK_OFFSET, elf_end};
 pub use error::{ImageError, Result};
 pub use image::Image;
 pub use trailer::{

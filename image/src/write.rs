@@ -77,7 +77,9 @@ fn zeros(file: &File, from: u64, to: u64, path: &Path) -> Result<()> {
 
 impl ImageWriter {
     /// Starts an image at `out` with `launcher` (ELF bytes) and `reserved` as its config.
+    /// The launcher gets the image mark (`FI\x01` at byte 8) on the way.
     pub fn create(out: &Path, launcher: &[u8], reserved: &Reserved) -> Result<Self> {
+        let launcher = &crate::elf::marked(launcher)?[..];
         let launcher_size = elf_end(launcher)?;
         if launcher_size != launcher.len() as u64 {
             return Err(ImageError::Launcher(

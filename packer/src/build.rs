@@ -64,6 +64,9 @@ pub struct BuildArgs {
     /// Docker/OCI input: merge the image's layers into one fim layer.
     #[arg(long)]
     squash: bool,
+    /// Desktop integration settings and icon, as `fim-desktop setup FILE.json` takes them.
+    #[arg(long, value_name = "FILE.json")]
+    desktop: Option<PathBuf>,
     /// The command the image runs by default, with its arguments. Must come last.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROG ARGS")]
     boot: Option<Vec<String>>,
@@ -230,6 +233,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         reserved
             .set_boot(Some(&command))
             .map_err(|e| anyhow::anyhow!("--boot: {e}"))?;
+    }
+    if let Some(file) = &args.desktop {
+        let (settings, icon) = fim_desktop::SetupFile::load(file, None)
+            .map_err(|e| anyhow::anyhow!("--desktop: {e}"))?;
+        settings
+            .store(&mut reserved, Some(&icon))
+            .map_err(|e| anyhow::anyhow!("--desktop: {e}"))?;
     }
 
     let options = BuildOptions {

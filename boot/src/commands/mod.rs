@@ -14,6 +14,7 @@
 mod args;
 mod bind;
 mod boot;
+mod desktop;
 mod env;
 mod exec;
 mod flags;
@@ -67,7 +68,7 @@ pub const COMMANDS: &[&Command] = &[
     &help::HELP,
     &version::VERSION,
     &planned::CASEFOLD,
-    &planned::DESKTOP,
+    &desktop::DESKTOP,
     &planned::REMOTE,
     &planned::RECIPE,
 ];

@@ -12,14 +12,6 @@ pub const CASEFOLD: Command = Command {
     run: None,
 };
 
-pub const DESKTOP: Command = Command {
-    name: "fim-desktop",
-    synopsis: "fim-desktop setup FILE.json | enable entry,mimetype,icon|none | clean | dump WHAT",
-    summary: "Integrate the app with the desktop: menu entry, icon and file types.",
-    help: "FlatImage stores the desktop entry and the icon in the reserved block.",
-    run: None,
-};
-
 pub const REMOTE: Command = Command {
     name: "fim-remote",
     synopsis: "fim-remote set URL | show | clear",

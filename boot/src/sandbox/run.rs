@@ -49,6 +49,8 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         // Before any namespace: the session bus checks who connects.
         notify::announce(image.path(), &host);
     }
+    // As the user, before any namespace: the files are the user's.
+    crate::desktop::keep_current(image.path(), &config);
 
     let places = {
         let _step = Step::new("prepare the data and runtime directories");
