@@ -1,7 +1,8 @@
 //! The app's icon. [`read_icon`] takes the packager's file and keeps it only if it is what
-//! it claims: a PNG that decodes, a JPEG (decoded and kept as a PNG, at most 512 pixels a
-//! side), or an SVG document whose root element is `<svg>`; and only if it fits the
-//! reserved icon region (`fim_reserved::ICON_DATA_CAPACITY` bytes). [`render_png`] makes
+//! it claims: a PNG that decodes or an SVG document whose root element is `<svg>`, and
+//! only if it fits the reserved icon region (`fim_reserved::ICON_DATA_CAPACITY` bytes).
+//! JPEG, which FlatImage also takes, is refused with a line saying to convert it: its
+//! decoder would add a quarter of a megabyte to every image's launcher. [`render_png`] makes
 //! the square PNGs of the hicolor theme's sizes from a stored raster icon; an SVG is
 //! installed as it is.
 
@@ -9,16 +10,17 @@ use std::io::Cursor;
 use std::path::Path;
 
 use fim_reserved::{ICON_DATA_CAPACITY, Icon};
+use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbaImage};
+use image::{
+    DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, ImageReader, Limits, RgbaImage,
+};
 
 use crate::DesktopError;
 
 /// The sizes of `icons/hicolor/NxN/apps/`, in pixels.
 pub const ICON_SIZES: [u32; 10] = [16, 22, 24, 32, 48, 64, 96, 128, 256, 512];
 
-/// Side of the largest icon kept from a JPEG.
-const JPEG_SIDE_MAX: u32 = 512;
 /// Decoding refuses pictures wider or higher than this (a few bytes can claim a huge one).
 const SIDE_LIMIT: u32 = 8192;
 
@@ -34,7 +36,7 @@ impl IconKind {
     /// How a stored icon is read, from the extension it was stored with.
     pub fn of(icon: &Icon) -> Option<IconKind> {
         match icon.extension.as_str() {
-            "png" | "jpg" | "jpeg" => Some(IconKind::Raster),
+            "png" => Some(IconKind::Raster),
             "svg" => Some(IconKind::Svg),
             _ => None,
         }
@@ -51,7 +53,6 @@ pub fn read_icon(path: &Path) -> Result<Icon, DesktopError> {
     if !meta.is_file() {
         return Err(refuse("is not a file".into()));
     }
-    // A JPEG is re-encoded smaller, so only a PNG or SVG has to fit as it is.
     let too_big = |size: u64| {
         refuse(format!(
             "is {size} bytes; the image holds an icon of at most {ICON_DATA_CAPACITY} bytes: \
@@ -64,25 +65,20 @@ pub fn read_icon(path: &Path) -> Result<Icon, DesktopError> {
     }
     let data = std::fs::read(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
     let is_jpeg = data.starts_with(&[0xff, 0xd8, 0xff]);
-    if !is_jpeg && data.len() > ICON_DATA_CAPACITY {
+    if data.len() > ICON_DATA_CAPACITY {
         return Err(too_big(data.len() as u64));
     }
     let (extension, data) = if data.starts_with(b"\x89PNG\r\n\x1a\n") {
         decode(&data, ImageFormat::Png).map_err(|e| refuse(format!("is not a valid PNG: {e}")))?;
         ("png", data)
     } else if is_jpeg {
-        let picture = decode(&data, ImageFormat::Jpeg)
-            .map_err(|e| refuse(format!("is not a valid JPEG: {e}")))?;
-        let picture = if picture.width().max(picture.height()) > JPEG_SIDE_MAX {
-            picture.resize(JPEG_SIDE_MAX, JPEG_SIDE_MAX, FilterType::Lanczos3)
-        } else {
-            picture
-        };
-        ("png", encode_png(&picture).map_err(refuse)?)
+        return Err(refuse(
+            "is a JPEG: convert it to PNG (an image keeps PNG or SVG icons)".into(),
+        ));
     } else if is_svg(&data) {
         ("svg", data)
     } else {
-        return Err(refuse("is not a PNG, JPEG or SVG image".into()));
+        return Err(refuse("is not a PNG or SVG image".into()));
     };
     if data.len() > ICON_DATA_CAPACITY {
         return Err(too_big(data.len() as u64));
@@ -112,12 +108,19 @@ fn decode(data: &[u8], format: ImageFormat) -> Result<DynamicImage, image::Image
     reader.decode()
 }
 
-fn encode_png(picture: &DynamicImage) -> Result<Vec<u8>, String> {
-    let mut out = Cursor::new(Vec::new());
-    picture
-        .write_to(&mut out, ImageFormat::Png)
+/// One PNG encoder for every picture: RGBA, 8 bits a channel (fewer code paths linked
+/// into the launcher than the generic writers).
+fn encode_png(picture: &RgbaImage) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    PngEncoder::new(&mut out)
+        .write_image(
+            picture.as_raw(),
+            picture.width(),
+            picture.height(),
+            ExtendedColorType::Rgba8,
+        )
         .map_err(|e| format!("cannot be encoded as PNG: {e}"))?;
-    Ok(out.into_inner())
+    Ok(out)
 }
 
 /// The stored raster icon `data` as square PNGs of the [`ICON_SIZES`] it can fill without
@@ -139,8 +142,7 @@ pub fn render_png(data: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, DesktopError> {
         .copied()
         .filter(|&size| size <= side || size == ICON_SIZES[0])
         .map(|size| {
-            let square = DynamicImage::ImageRgba8(fit_square(&rgba, size));
-            encode_png(&square)
+            encode_png(&fit_square(&rgba, size))
                 .map(|png| (size, png))
                 .map_err(DesktopError::StoredIcon)
         })
@@ -171,11 +173,11 @@ mod tests {
     use super::*;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        encode_png(&DynamicImage::ImageRgba8(RgbaImage::from_pixel(
+        encode_png(&RgbaImage::from_pixel(
             w,
             h,
             image::Rgba([200, 10, 10, 255]),
-        )))
+        ))
         .unwrap()
     }
 
@@ -203,7 +205,13 @@ mod tests {
     #[test]
     fn text_file_is_refused_as_not_an_image() {
         let e = read_icon(file(b"hello\n").path()).unwrap_err().to_string();
-        assert!(e.contains("is not a PNG, JPEG or SVG image"), "{e}");
+        assert!(e.contains("is not a PNG or SVG image"), "{e}");
+    }
+
+    #[test]
+    fn jpeg_is_refused_with_what_to_do() {
+        let e = read_icon(file(&[0xff, 0xd8, 0xff, 0xe0, 0, 16]).path()).unwrap_err();
+        assert!(e.to_string().contains("convert it to PNG"), "{e}");
     }
 
     #[test]

@@ -487,7 +487,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DesktopError> {
     tmp.write_all(bytes)
         .map_err(|e| DesktopError::io(tmp.path(), e))?;
     // The default 0600 of a temporary file would hide entries from other readers.
-    let mode = std::fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
     tmp.as_file()
         .set_permissions(mode)
         .map_err(|e| DesktopError::io(tmp.path(), e))?;

@@ -3,7 +3,7 @@
 //! ```text
 //! settings   the packager's JSON (FlatImage's keys and ours) and the form it is stored in,
 //!            in the reserved block's desktop region
-//! icon       the packager's PNG, JPEG or SVG checked and stored; PNGs rendered per size
+//! icon       the packager's PNG or SVG checked and stored; PNGs rendered per size
 //! entry      the menu entry (`applications/<id>.desktop`), quoted as the spec says
 //! mime       the shared-mime-info package: the image's own type and the app's documents
 //! install    the files under `$XDG_DATA_HOME`, their manifest, stale entries and the caches

@@ -446,7 +446,7 @@ fn bad_setups_are_refused_and_leave_the_image_identical(who: Who) {
         (r#"{"name": "A", "icon": "big.png"}"#, "at most"),
         (
             r#"{"name": "A", "icon": "notes.txt"}"#,
-            "is not a PNG, JPEG or SVG image",
+            "is not a PNG or SVG image",
         ),
         (r#"{"name": "A", "icon": "missing.png"}"#, "cannot be read"),
         (

@@ -24,10 +24,11 @@ pub const DESKTOP: Command = Command {
                \x20      dump entry|mimetype|icon FILE | show",
     summary: "Integrate the app with the desktop: menu entry, icon and file types.",
     help: "setup FILE.json stores the settings and the icon in the image. Keys: name, icon (a\n\
-           PNG, JPEG or SVG path, relative to the JSON file; at most 256 KiB; a JPEG is kept as\n\
-           a PNG), categories, comment, terminal, mime_types (document types the app opens:\n\
-           \"text/plain\", or {\"type\": \"application/x-mine\", \"globs\": [\"*.mine\"]} for the\n\
-           app's own), startup_wm_class, keywords, and enable (a list, as below). An unknown\n\
+           PNG or SVG path, relative to the JSON file; at most 256 KiB; PNGs of 512x512 or\n\
+           more fill every size), categories, comment, terminal, mime_types (the document\n\
+           types the app opens: \"text/plain\", or for the app's own\n\
+           {\"type\": \"application/x-mine\", \"globs\": [\"*.mine\"]}), startup_wm_class,\n\
+           keywords, and enable (a list, as below). An unknown\n\
            key, a missing icon or one that is not an image is refused; the image is unchanged.\n\
            enable turns integrations on (and writes them now); none turns them off and removes\n\
            them. Each run then keeps them current under $XDG_DATA_HOME (default\n\
