@@ -20,29 +20,27 @@ use crate::desktop::{allowed_home, log_done};
 
 pub const DESKTOP: Command = Command {
     name: "fim-desktop",
-    synopsis: "fim-desktop setup FILE.json | enable entry,mimetype,icon|none | clean [--stale] |\n\
-               \x20      dump entry|mimetype|icon FILE | show",
+    synopsis: "fim-desktop setup FILE.json | enable LIST|none | clean [--stale] | dump WHAT FILE | show",
     summary: "Integrate the app with the desktop: menu entry, icon and file types.",
-    help: "setup FILE.json stores the settings and the icon in the image. Keys: name, icon (a\n\
-           PNG or SVG path, relative to the JSON file; at most 256 KiB; PNGs of 512x512 or\n\
-           more fill every size), categories, comment, terminal, mime_types (the document\n\
-           types the app opens: \"text/plain\", or for the app's own\n\
-           {\"type\": \"application/x-mine\", \"globs\": [\"*.mine\"]}), startup_wm_class,\n\
-           keywords, and enable (a list, as below). An unknown\n\
+    help: "setup FILE.json stores the settings and the icon in the image. Keys: name, icon (a PNG\n\
+           or SVG path, relative to the JSON file, at most 256 KiB; a PNG of 512x512 fills every\n\
+           size), categories, comment, terminal, mime_types (the document types the app opens:\n\
+           \"text/plain\", or for the app's own {\"type\": \"application/x-mine\", \"globs\":\n\
+           [\"*.mine\"]}), startup_wm_class, keywords, and enable (a list, as below). An unknown\n\
            key, a missing icon or one that is not an image is refused; the image is unchanged.\n\
-           enable turns integrations on (and writes them now); none turns them off and removes\n\
-           them. Each run then keeps them current under $XDG_DATA_HOME (default\n\
-           ~/.local/share): applications/ID.desktop, icons/hicolor/NxN/apps/ID.png (or\n\
-           scalable/apps/ID.svg), mime/packages/ID.xml, and a list of them in\n\
-           flatimage/desktop/ID.json. ID is flatimage_<md5 of the image's file:// URI>-<name>,\n\
-           as AppImage names its entries: two copies in two places do not overwrite each\n\
-           other; a moved image writes its new ID on its next run and removes the old one.\n\
-           DESKTOPINTEGRATION=0 or a file appimagekit/no_desktopintegration (in the data\n\
-           home, /usr/share or /etc) turns all of it off.\n\
+           enable LIST (entry,mimetype,icon or a part of it) turns integrations on and writes\n\
+           them now; enable none turns them off and removes them. Each run keeps them current\n\
+           under $XDG_DATA_HOME (default ~/.local/share): applications/ID.desktop,\n\
+           icons/hicolor/NxN/apps/ID.png (or scalable/apps/ID.svg), mime/packages/ID.xml, and\n\
+           their list in flatimage/desktop/ID.json. ID is flatimage_<md5 of the image's file://\n\
+           URI>-<name>, as AppImage names its entries: two copies in two places do not overwrite\n\
+           each other, and a moved image writes its new ID on its next run and removes the old.\n\
+           DESKTOPINTEGRATION=0 or a file appimagekit/no_desktopintegration (in the data home,\n\
+           /usr/share or /etc) turns all of it off.\n\
            clean removes what enable wrote for this image (the next run writes it again unless\n\
            enable none); clean --stale removes the entries of images that no longer exist.\n\
-           dump writes the entry, the MIME package or the stored icon to FILE (- for standard\n\
-           output). show prints the stored settings and the integration's ID.",
+           dump entry|mimetype|icon FILE writes the entry, the MIME package or the stored icon to\n\
+           FILE (- for standard output). show prints the stored settings and the ID.",
     run: Some(run),
 };
 
