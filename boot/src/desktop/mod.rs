@@ -35,6 +35,7 @@ pub fn keep_current(image: &Path, reserved: &Reserved) {
         Ok(home) => home,
         Err(why) => return debug::log(format!("desktop integration skipped: {why}")),
     };
+    let _check = debug::Step::new("check the desktop integration");
     let icon = reserved.icon();
     let integration = Integration {
         image,
