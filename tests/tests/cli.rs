@@ -292,7 +292,7 @@ fn image_commands_version_help_and_unknown() {
     unknown.assert_clean_failure("img: ");
     assert!(unknown.stderr.contains("fim-unknown"), "{}", unknown.stderr);
     // A FlatImage command of a later version says so.
-    let planned = image_run(&image, &["fim-desktop", "setup"]);
+    let planned = image_run(&image, &["fim-remote", "show"]);
     planned.assert_clean_failure("img: ");
     assert!(
         planned.stderr.contains("not available"),
