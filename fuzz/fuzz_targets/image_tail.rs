@@ -15,7 +15,11 @@ fuzz_target!(|tail: &[u8]| {
         return;
     };
     let _ = image.verify();
-    let names: Vec<String> = image.tool_entries().iter().map(|t| t.name.clone()).collect();
+    let names: Vec<String> = image
+        .tool_entries()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     for name in names {
         let _ = image.tool(&name);
     }

@@ -55,7 +55,13 @@ fn touch(stack: &Stack, entry: &Entry) {
             let _ = stack.data_runs(entry);
             let mut buf = vec![0u8; 4096];
             let size = entry.inode.size;
-            for offset in [0, size / 2, size.saturating_sub(1), size, size.saturating_add(4096)] {
+            for offset in [
+                0,
+                size / 2,
+                size.saturating_sub(1),
+                size,
+                size.saturating_add(4096),
+            ] {
                 let _ = stack.read(entry, offset, &mut buf);
             }
         }
