@@ -143,7 +143,7 @@ impl Reserved {
         }
         let stored = read_u64(bytes, CHECKSUM_OFFSET);
         let computed = compute_checksum(bytes);
-        if stored != computed {
+        if stored != computed && !crate::FUZZING {
             return Err(ReservedError::ChecksumMismatch { stored, computed });
         }
 
