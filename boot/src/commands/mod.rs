@@ -14,6 +14,7 @@
 mod args;
 mod bind;
 mod boot;
+mod casefold;
 mod env;
 mod exec;
 mod flags;
@@ -66,7 +67,7 @@ pub const COMMANDS: &[&Command] = &[
     &overlay::OVERLAY,
     &help::HELP,
     &version::VERSION,
-    &planned::CASEFOLD,
+    &casefold::CASEFOLD,
     &planned::DESKTOP,
     &planned::REMOTE,
     &planned::RECIPE,

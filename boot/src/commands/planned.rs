@@ -4,14 +4,6 @@
 
 use super::Command;
 
-pub const CASEFOLD: Command = Command {
-    name: "fim-casefold",
-    synopsis: "fim-casefold on|off",
-    summary: "Make file names inside the image case-insensitive, as Windows programs expect.",
-    help: "FlatImage stores the choice at reserved byte 10.",
-    run: None,
-};
-
 pub const DESKTOP: Command = Command {
     name: "fim-desktop",
     synopsis: "fim-desktop setup FILE.json | enable entry,mimetype,icon|none | clean | dump WHAT",
