@@ -184,7 +184,30 @@ pub fn base_image_without_tools() -> PathBuf {
         .clone()
 }
 
+/// What an image adds to the base root filesystem: files (path, content), host programs
+/// (found on `PATH`, or absolute) with their libraries, host files and directories copied
+/// to the same paths, and directories opened to everyone; missing host things are left
+/// out (tests using them say so).
+#[derive(Default)]
+pub struct Extra<'a> {
+    pub files: &'a [(&'a str, &'a str)],
+    pub programs: &'a [&'a str],
+    pub host_paths: &'a [&'a str],
+    /// Directories made writable by everyone (mode 1777).
+    pub open_dirs: &'a [&'a str],
+}
+
+/// The base root filesystem plus `extra`, built (compression level 3) as `name` once per
+/// call; the caller keeps it for the test process.
+pub fn base_image_with(name: &str, extra: &Extra) -> PathBuf {
+    build_base_with(name, &["--level", "3"], extra)
+}
+
 fn build_base(name: &str, options: &[&str]) -> PathBuf {
+    build_base_with(name, options, &Extra::default())
+}
+
+fn build_base_with(name: &str, options: &[&str], extra: &Extra) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR
         .get_or_init(|| {
@@ -215,6 +238,20 @@ fn build_base(name: &str, options: &[&str]) -> PathBuf {
         std::fs::write(path, text).expect("write");
     }
     add_host_programs(&rootfs, &["setfattr", "getfattr"]);
+    for (path, text) in extra.files {
+        crate::fsutil::put(&rootfs, path, text.as_bytes());
+    }
+    for dir in extra.open_dirs {
+        crate::fsutil::chmod(&rootfs.join(dir), 0o1777);
+    }
+    add_host_programs(&rootfs, extra.programs);
+    for path in extra.host_paths {
+        let inside = rootfs.join(path.trim_start_matches('/'));
+        if Path::new(path).exists() {
+            std::fs::create_dir_all(inside.parent().expect("parent")).expect("mkdir");
+            run(Command::new("cp").arg("-a").arg(path).arg(&inside)).assert_ok();
+        }
+    }
     let image = dir.join(name);
     build_with(&[&rootfs], &image, options);
     std::fs::remove_dir_all(&rootfs).expect("remove rootfs");

@@ -129,10 +129,16 @@ impl CasefoldFs {
     fn names_of(&self, dir_id: u64, dir: &Node) -> Result<Arc<DirNames>> {
         let st = sys::stat_fd(&dir.fd)?;
         let stamp: Stamp = (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec);
-        let mut cache = self.names.lock().map_err(|_| Errno::EIO)?;
-        if let Some(names) = cache.get(&dir_id).filter(|n| n.stamp == stamp) {
-            return Ok(names.clone());
+        let cached = self
+            .names
+            .lock()
+            .map_err(|_| Errno::EIO)?
+            .get(&dir_id)
+            .cloned();
+        if let Some(names) = cached.filter(|n| n.stamp == stamp) {
+            return Ok(names);
         }
+        // Listed without the lock: other directories' lookups go on meanwhile.
         let entries = std::fs::read_dir(Path::new(OsStr::from_bytes(
             sys::proc_path(&dir.fd).as_bytes(),
         )))
@@ -141,6 +147,7 @@ impl CasefoldFs {
             stamp,
             entries.filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec())),
         ));
+        let mut cache = self.names.lock().map_err(|_| Errno::EIO)?;
         if cache.len() >= MAX_LISTINGS {
             cache.clear();
         }
