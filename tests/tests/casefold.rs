@@ -219,8 +219,9 @@ fn fim_casefold_writes_byte_10_and_show_says_where_the_state_comes_from() {
     assert_eq!(byte(&app), 0);
     assert_eq!(show(Some("1")), "on (from FIM_CASEFOLD)\n");
     app.run(["fim-casefold", "maybe"])
-        .assert_clean_failure("fim: ");
-    sh_with(&app, "yes", &[], "true").assert_clean_failure("fim: FIM_CASEFOLD");
+        .assert_clean_failure("app.flatimage: usage: fim-casefold");
+    sh_with(&app, "yes", &[], "true")
+        .assert_clean_failure("app.flatimage: FIM_CASEFOLD must be 1 or 0");
 }
 
 #[test]
@@ -256,7 +257,7 @@ fn without_fuse_casefold_is_refused_in_one_line() {
         return;
     };
     sh_with(&app, "1", &[("FIM_EXTRACT", "1")], "true")
-        .assert_clean_failure("fim: casefold needs FUSE");
+        .assert_clean_failure("app.flatimage: casefold needs FUSE");
     // Off, the extraction runs.
     let out = sh_with(
         &app,
