@@ -131,6 +131,8 @@ pub struct App {
     pub image: PathBuf,
     /// `FIM_OVERLAY` for every run, when set.
     pub overlay: Option<&'static str>,
+    /// More environment for every run.
+    env: Vec<(&'static str, &'static str)>,
     _fuse: Option<FuseAccess>,
 }
 
@@ -371,6 +373,7 @@ impl App {
             image: copy,
             dir,
             overlay: None,
+            env: Vec::new(),
             _fuse: fuse,
         })
     }
@@ -378,6 +381,12 @@ impl App {
     /// Runs every command with `FIM_OVERLAY=overlay`.
     pub fn with_overlay(mut self, overlay: &'static str) -> App {
         self.overlay = Some(overlay);
+        self
+    }
+
+    /// Runs every command with `key=value` in its environment.
+    pub fn with_env(mut self, key: &'static str, value: &'static str) -> App {
+        self.env.push((key, value));
         self
     }
 
@@ -418,6 +427,7 @@ impl App {
         if let Some(overlay) = self.overlay {
             cmd.env("FIM_OVERLAY", overlay);
         }
+        cmd.envs(self.env.iter().copied());
         if self.who == Who::User {
             cmd.uid(self.uid)
                 .gid(self.gid)
