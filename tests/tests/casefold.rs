@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 
 use fim_tests::checks::{wait_for, wait_for_the_session_to_end};
-use fim_tests::sandbox::{App, Extra, Who, app_with_backend, base_image_with};
+use fim_tests::sandbox::{App, Extra, Who, app_with_backend, base_image_with, setuid_bwrap};
 use fim_tests::{layout, run, skip};
 
 /// Offset of the casefold byte in the reserved block (FlatImage's offset).
@@ -265,6 +265,38 @@ fn without_fuse_casefold_is_refused_in_one_line() {
         &[("FIM_EXTRACT", "1")],
         "cat '/Program Files/Game/Data.PAK'",
     );
+    out.assert_ok();
+    assert_eq!(out.stdout, "pak\n");
+}
+
+#[test]
+fn without_user_namespaces_casefold_is_refused_in_one_line() {
+    if !fim_tests::is_root() {
+        skip("casefold without user namespaces: making a setuid bwrap needs root");
+        return;
+    }
+    let Some(app) = casefold_app("casefold through fusermount3", Who::User, "overlayfs") else {
+        return;
+    };
+    if fim_tests::which("fusermount3").is_none() {
+        skip("casefold without user namespaces: fusermount3 is not installed");
+        return;
+    }
+    let Some(bwrap) = setuid_bwrap(app.dir.path()) else {
+        skip("casefold without user namespaces: a setuid bwrap cannot be made here");
+        return;
+    };
+    let bwrap = bwrap.to_str().expect("a UTF-8 path");
+    let no_userns = [("FIM_TEST_REFUSE_USERNS", "1"), ("FIM_BWRAP", bwrap)];
+    sh_with(&app, "1", &no_userns, "true")
+        .assert_clean_failure("app.flatimage: casefold needs user namespaces");
+    // Nothing stays mounted on the host, and off, the app runs.
+    wait_for_the_session_to_end(&app);
+    assert!(
+        fim_tests::sandbox::host_mounts_mentioning(&app.runtime_dir()).is_empty(),
+        "the refused session's fusermount3 mounts outlived it"
+    );
+    let out = sh_with(&app, "0", &no_userns, "cat '/Program Files/Game/Data.PAK'");
     out.assert_ok();
     assert_eq!(out.stdout, "pak\n");
 }

@@ -128,6 +128,13 @@ impl View {
         isolation: Isolation,
         (wanted, casefold): (Overlay, bool),
     ) -> anyhow::Result<View> {
+        if casefold && isolation == Isolation::Host {
+            // fusermount3 runs as root, and root may not enter the user's FUSE mount below
+            // (mounted without allow_other) to mount over it.
+            anyhow::bail!(
+                "casefold needs user namespaces, which this system refuses (fusermount3 cannot mount it over the overlay); turn it off with FIM_CASEFOLD=0 or fim-casefold off"
+            );
+        }
         let (lower, mut fuse, extraction) = match layers {
             Layers::Extracted(extraction) => (extraction.tree.clone(), None, Some(extraction)),
             Layers::Fuse(stack) => {

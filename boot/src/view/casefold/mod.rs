@@ -76,7 +76,7 @@ pub fn serve(
 }
 
 /// Mount options: writable, modes checked by the kernel, open to the sandbox's nested
-/// user namespace (or, through fusermount3 in the host's, to the user alone).
+/// user namespace. (Without user namespaces the view refuses casefold before any mount.)
 fn config(isolation: Isolation) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
