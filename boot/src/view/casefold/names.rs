@@ -10,9 +10,9 @@
 //! An exact match always wins (the caller tries the exact name first, so a name that is on
 //! disk opens itself). Otherwise, of the real names that differ only by case, the
 //! byte-wise smallest is chosen: fixed, independent of directory order, and in ASCII it
-//! prefers upper case (`DATA` < `Data` < `data`). The map is rebuilt from a fresh listing
-//! when the directory changes (its stamp: mtime and ctime), so writers outside this view
-//! are seen too.
+//! prefers upper case (`DATA` < `Data` < `data`). The view's own changes update the map in
+//! place (a directory filling up is not listed again for each new file); any other change
+//! of the directory (its stamp: mtime and ctime) has it rebuilt from a fresh listing.
 
 use std::collections::HashMap;
 
@@ -22,7 +22,7 @@ use super::fold::fold;
 pub type Stamp = (i64, i64, i64, i64);
 
 /// The names of one directory, by folded name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct DirNames {
     pub stamp: Stamp,
     by_fold: HashMap<Vec<u8>, Vec<Vec<u8>>>,
@@ -48,6 +48,27 @@ impl DirNames {
             reals.sort_unstable();
         }
         DirNames { stamp, by_fold }
+    }
+
+    /// Records that the directory, now stamped `stamp`, gained `name`.
+    pub fn add(&mut self, stamp: Stamp, name: &[u8]) {
+        let reals = self.by_fold.entry(fold(name)).or_default();
+        if let Err(at) = reals.binary_search_by(|r| r.as_slice().cmp(name)) {
+            reals.insert(at, name.to_vec());
+        }
+        self.stamp = stamp;
+    }
+
+    /// Records that the directory, now stamped `stamp`, lost `name`.
+    pub fn remove(&mut self, stamp: Stamp, name: &[u8]) {
+        let key = fold(name);
+        if let Some(reals) = self.by_fold.get_mut(&key) {
+            reals.retain(|r| r != name);
+            if reals.is_empty() {
+                self.by_fold.remove(&key);
+            }
+        }
+        self.stamp = stamp;
     }
 
     /// The real name `name` opens when `name` itself is not in the directory.
@@ -111,6 +132,25 @@ mod tests {
             a.resolve(b"b").map(|f| f.real),
             b.resolve(b"b").map(|f| f.real)
         );
+    }
+
+    #[test]
+    fn names_added_and_removed_in_place_resolve_as_a_fresh_listing_would() {
+        let mut d = dir(&["Data.PAK"]);
+        d.add((1, 0, 0, 0), b"Save.DAT");
+        d.add((2, 0, 0, 0), b"SAVE.dat");
+        assert_eq!(
+            d.resolve(b"save.dat").map(|f| f.real),
+            Some(&b"SAVE.dat"[..])
+        );
+        d.remove((3, 0, 0, 0), b"SAVE.dat");
+        assert_eq!(
+            d.resolve(b"save.dat").map(|f| f.real),
+            Some(&b"Save.DAT"[..])
+        );
+        d.remove((4, 0, 0, 0), b"Save.DAT");
+        assert_eq!(d.resolve(b"save.dat"), None);
+        assert_eq!(d.stamp, (4, 0, 0, 0));
     }
 
     #[test]

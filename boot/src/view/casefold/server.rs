@@ -128,7 +128,7 @@ impl CasefoldFs {
     /// The folded names of `dir`, from the cache while the directory is unchanged.
     fn names_of(&self, dir_id: u64, dir: &Node) -> Result<Arc<DirNames>> {
         let st = sys::stat_fd(&dir.fd)?;
-        let stamp: Stamp = (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec);
+        let stamp = stamp(&st);
         let cached = self
             .names
             .lock()
@@ -155,10 +155,23 @@ impl CasefoldFs {
         Ok(names)
     }
 
-    /// Forgets the folded names of a directory this view just changed.
-    fn changed(&self, dir_id: u64) {
-        if let Ok(mut cache) = self.names.lock() {
-            cache.remove(&dir_id);
+    /// Records in the folded names of `dir` that this view just added or removed `name`.
+    fn changed(&self, dir_id: u64, dir: &Node, change: Change) {
+        let Ok(mut cache) = self.names.lock() else {
+            return;
+        };
+        let stamp = sys::stat_fd(&dir.fd).map(|st| stamp(&st));
+        match (cache.get_mut(&dir_id), stamp) {
+            (Some(names), Ok(stamp)) => {
+                let names = Arc::make_mut(names);
+                match change {
+                    Change::Added(name) => names.add(stamp, name),
+                    Change::Removed(name) => names.remove(stamp, name),
+                }
+            }
+            _ => {
+                cache.remove(&dir_id);
+            }
         }
     }
 
@@ -251,7 +264,7 @@ impl CasefoldFs {
                 return Err(Errno::EEXIST);
             }
             sys::make(&dir.fd, name, what)?;
-            self.changed(parent.0);
+            self.changed(parent.0, &dir, Change::Added(name));
             self.settle_new(req, &dir, name, mode);
             self.enter(&dir, name)
         })();
@@ -260,6 +273,17 @@ impl CasefoldFs {
             Err(e) => reply.error(e),
         }
     }
+}
+
+/// A change this view made to a directory.
+enum Change<'a> {
+    Added(&'a [u8]),
+    Removed(&'a [u8]),
+}
+
+/// When a directory last changed.
+fn stamp(st: &libc::stat) -> Stamp {
+    (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec)
 }
 
 fn io_errno(e: std::io::Error) -> Errno {
@@ -538,7 +562,7 @@ impl Filesystem for CasefoldFs {
                 return Err(Errno::EEXIST);
             }
             sys::make(&dir.fd, name, Make::Symlink(target.as_os_str().as_bytes()))?;
-            self.changed(parent.0);
+            self.changed(parent.0, &dir, Change::Added(name));
             self.settle_new(req, &dir, name, None);
             self.enter(&dir, name)
         })();
@@ -585,7 +609,7 @@ impl Filesystem for CasefoldFs {
                 return Err(Errno::EEXIST);
             }
             sys::make(&dir.fd, name, Make::Link(&node.fd))?;
-            self.changed(newparent.0);
+            self.changed(newparent.0, &dir, Change::Added(name));
             self.enter(&dir, name)
         });
         match result {
@@ -868,7 +892,7 @@ impl Filesystem for CasefoldFs {
             let real = real.unwrap_or_else(|| name.to_vec());
             let fd = sys::open_at(&dir.fd, &real, flags | libc::O_CREAT, mode)?;
             if !existed {
-                self.changed(parent.0);
+                self.changed(parent.0, &dir, Change::Added(&real));
                 self.settle_new(req, &dir, &real, Some(mode));
             }
             if real != name {
@@ -951,7 +975,7 @@ impl CasefoldFs {
         let dir = self.node(parent)?;
         let real = self.real_name(parent.0, &dir, name)?.ok_or(Errno::ENOENT)?;
         sys::unlink(&dir.fd, &real, flags)?;
-        self.changed(parent.0);
+        self.changed(parent.0, &dir, Change::Removed(&real));
         if real != name {
             self.drop_entry(parent.0, &real);
         }
@@ -983,8 +1007,12 @@ impl CasefoldFs {
             return Ok(());
         }
         sys::rename(&from.fd, &real, &to.fd, &target, flags.bits())?;
-        self.changed(parent.0);
-        self.changed(newparent.0);
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            // Both names stay; what they name is swapped.
+        } else {
+            self.changed(parent.0, &from, Change::Removed(&real));
+            self.changed(newparent.0, &to, Change::Added(&target));
+        }
         if real != name {
             self.drop_entry(parent.0, &real);
         }
