@@ -5,7 +5,8 @@
 //! ```text
 //! lookup/create/mkdir/unlink/rename "save.dat" in dir D
 //!   1. "save.dat" on disk in D?            yes -> that entry (an exact match wins)
-//!   2. D's names by fold (cached, rebuilt when D's mtime/ctime change)
+//!   2. D's names by fold (cached; kept in step with the view's own changes, and
+//!      listed again when D's mtime/ctime show any other change)
 //!        "save.dat" -> "Save.DAT"          -> that entry: opened, written, removed
 //!   3. none                                -> ENOENT, or created as "save.dat"
 //! ```
@@ -16,6 +17,9 @@
 //! entry is not cached, and when an operation by such a name removes or replaces a real
 //! name, the kernel is told to drop the real name's entry too (from another thread: the
 //! kernel holds the directory's lock until the operation is answered).
+//!
+//! This file answers the kernel; `entries` does the name-level work, `attr` the
+//! attributes.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -23,25 +27,29 @@ use std::fs::File;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, FileExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::fold::fold;
 use super::inodes::{Inodes, Node};
-use super::names::{DirNames, Stamp};
+use super::names::DirNames;
 use super::sys::{self, Make, Result};
-use crate::debug;
+
+mod attr;
+mod entries;
+
+use attr::{attr, timespec};
+use entries::Change;
 
 /// How long the kernel may trust an entry or attributes: every change comes through here.
 const TTL: Duration = Duration::from_secs(3600);
@@ -102,264 +110,10 @@ impl CasefoldFs {
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>> {
         self.inodes.get(ino.0)
     }
-
-    /// The real name of `name` in the directory `dir`: itself if it is there, else the
-    /// entry whose name folds alike; `None` if neither is.
-    fn real_name(&self, dir_id: u64, dir: &Node, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        match sys::stat_at(&dir.fd, name) {
-            Ok(_) => Ok(Some(name.to_vec())),
-            Err(e) if e == Errno::ENOENT => self.folded(dir_id, dir, name),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The entry of `dir` whose name folds like `name`, which is not there itself.
-    fn folded(&self, dir_id: u64, dir: &Node, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        let names = self.names_of(dir_id, dir)?;
-        let Some(found) = names.resolve(name) else {
-            return Ok(None);
-        };
-        if let Some(all) = found.collision {
-            self.name_collision(dir_id, dir, name, found.real, all);
-        }
-        Ok(Some(found.real.to_vec()))
-    }
-
-    /// The folded names of `dir`, from the cache while the directory is unchanged.
-    fn names_of(&self, dir_id: u64, dir: &Node) -> Result<Arc<DirNames>> {
-        let st = sys::stat_fd(&dir.fd)?;
-        let stamp = stamp(&st);
-        let cached = self
-            .names
-            .lock()
-            .map_err(|_| Errno::EIO)?
-            .get(&dir_id)
-            .cloned();
-        if let Some(names) = cached.filter(|n| n.stamp == stamp) {
-            return Ok(names);
-        }
-        // Listed without the lock: other directories' lookups go on meanwhile.
-        let entries = std::fs::read_dir(Path::new(OsStr::from_bytes(
-            sys::proc_path(&dir.fd).as_bytes(),
-        )))
-        .map_err(io_errno)?;
-        let names = Arc::new(DirNames::new(
-            stamp,
-            entries.filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec())),
-        ));
-        let mut cache = self.names.lock().map_err(|_| Errno::EIO)?;
-        if cache.len() >= MAX_LISTINGS {
-            cache.clear();
-        }
-        cache.insert(dir_id, names.clone());
-        Ok(names)
-    }
-
-    /// Records in the folded names of `dir` that this view just added or removed `name`.
-    fn changed(&self, dir_id: u64, dir: &Node, change: Change) {
-        let Ok(mut cache) = self.names.lock() else {
-            return;
-        };
-        let stamp = sys::stat_fd(&dir.fd).map(|st| stamp(&st));
-        match (cache.get_mut(&dir_id), stamp) {
-            (Some(names), Ok(stamp)) => {
-                let names = Arc::make_mut(names);
-                match change {
-                    Change::Added(name) => names.add(stamp, name),
-                    Change::Removed(name) => names.remove(stamp, name),
-                }
-            }
-            _ => {
-                cache.remove(&dir_id);
-            }
-        }
-    }
-
-    /// Under `FIM_DEBUG`, names (once) a directory's entries that differ only by case.
-    fn name_collision(
-        &self,
-        dir_id: u64,
-        dir: &Node,
-        asked: &[u8],
-        chosen: &[u8],
-        all: &[Vec<u8>],
-    ) {
-        if !debug::enabled() {
-            return;
-        }
-        let fresh = self
-            .named
-            .lock()
-            .is_ok_and(|mut named| named.insert((dir_id, fold(asked))));
-        if !fresh {
-            return;
-        }
-        let path = std::fs::read_link(Path::new(OsStr::from_bytes(
-            sys::proc_path(&dir.fd).as_bytes(),
-        )))
-        .ok()
-        .and_then(|p| p.strip_prefix(&self.shown_root).ok().map(Path::to_path_buf))
-        .map_or_else(|| "?".to_string(), |p| format!("/{}", p.display()));
-        let names: Vec<String> = all
-            .iter()
-            .map(|n| format!("{:?}", String::from_utf8_lossy(n)))
-            .collect();
-        debug::log(format!(
-            "casefold: {path} holds {} that differ only by case; {:?} opens {:?} (the byte-wise smallest)",
-            names.join(", "),
-            String::from_utf8_lossy(asked),
-            String::from_utf8_lossy(chosen),
-        ));
-    }
-
-    /// Asks the kernel to drop its entry `name` in `dir_id`.
-    fn drop_entry(&self, dir_id: u64, name: &[u8]) {
-        if let Ok(stale) = self.stale.lock() {
-            let _ = stale.send((dir_id, name.to_vec()));
-        }
-    }
-
-    /// Counts a lookup of `name` in `dir` (which is there) and returns its node and
-    /// attributes.
-    fn enter(&self, dir: &Node, name: &[u8]) -> Result<FileAttr> {
-        let fd = sys::open_path(&dir.fd, name)?;
-        let st = sys::stat_fd(&fd)?;
-        let id = self.inodes.looked_up(fd, (st.st_dev, st.st_ino))?;
-        Ok(attr(id, &st))
-    }
-
-    /// The entry TTL of an answer for `asked` when the real name is `real`.
-    fn entry_ttl(asked: &[u8], real: &[u8]) -> Duration {
-        if asked == real { TTL } else { NO_TTL }
-    }
-
-    /// After making `name` in `dir` for `req`: its mode as asked (the server's own umask
-    /// may have taken bits), and its owner the caller, as a kernel overlay would make it.
-    fn settle_new(&self, req: &Request, dir: &Node, name: &[u8], mode: Option<u32>) {
-        if let Some(mode) = mode
-            && mode & self.umask & 0o7777 != 0
-        {
-            let _ = sys::chmod_at(&dir.fd, name, mode & 0o7777);
-        }
-        let caller = (req.uid(), req.gid());
-        if caller != self.own {
-            // A set-group-id directory gives its group, as it does to any creator.
-            let sgid = sys::stat_fd(&dir.fd).is_ok_and(|st| st.st_mode & libc::S_ISGID != 0);
-            let gid = if sgid { u32::MAX } else { caller.1 };
-            let _ = sys::chown_at(&dir.fd, name, caller.0, gid);
-        }
-    }
-
-    /// Makes a directory or node `name` in `parent` (never beside an entry that folds
-    /// alike) and answers with it.
-    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, what: Make, reply: ReplyEntry) {
-        let mode = match what {
-            Make::Dir(mode) | Make::Node(mode, _) => Some(mode),
-            _ => None,
-        };
-        let name = name.as_bytes();
-        let result = (|| {
-            let dir = self.node(parent)?;
-            if self.real_name(parent.0, &dir, name)?.is_some() {
-                return Err(Errno::EEXIST);
-            }
-            sys::make(&dir.fd, name, what)?;
-            self.changed(parent.0, &dir, Change::Added(name));
-            self.settle_new(req, &dir, name, mode);
-            self.enter(&dir, name)
-        })();
-        match result {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
-    }
-}
-
-/// A change this view made to a directory.
-enum Change<'a> {
-    Added(&'a [u8]),
-    Removed(&'a [u8]),
-}
-
-/// When a directory last changed.
-fn stamp(st: &libc::stat) -> Stamp {
-    (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec)
 }
 
 fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-fn time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
-    }
-}
-
-fn kind(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
-/// The attributes of node `id`, whose object's `stat` is `st`.
-fn attr(id: u64, st: &libc::stat) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(id),
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
-        atime: time(st.st_atime, st.st_atime_nsec),
-        mtime: time(st.st_mtime, st.st_mtime_nsec),
-        ctime: time(st.st_ctime, st.st_ctime_nsec),
-        crtime: UNIX_EPOCH,
-        kind: kind(st.st_mode),
-        perm: (st.st_mode & 0o7777) as u16,
-        nlink: st.st_nlink as u32,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        rdev: st.st_rdev as u32,
-        blksize: st.st_blksize as u32,
-        flags: 0,
-    }
-}
-
-fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
-    match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(TimeOrNow::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => {
-            let (sec, nsec) = match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
-                Err(e) => {
-                    let d = e.duration();
-                    let (s, n) = (-(d.as_secs() as i64), i64::from(d.subsec_nanos()));
-                    if n == 0 {
-                        (s, 0)
-                    } else {
-                        (s - 1, 1_000_000_000 - n)
-                    }
-                }
-            };
-            libc::timespec {
-                tv_sec: sec,
-                tv_nsec: nsec,
-            }
-        }
-    }
 }
 
 /// An open file, by its handle (the raw descriptor), without taking ownership.
@@ -966,106 +720,5 @@ fn xattr_answer(reply: ReplyXattr, size: u32, result: Result<(libc::c_long, Vec<
         Ok((n, _)) if size == 0 => reply.size(n as u32),
         Ok((_, data)) => reply.data(&data),
         Err(e) => reply.error(e),
-    }
-}
-
-impl CasefoldFs {
-    /// Removes `name` (by its real name) from `parent`.
-    fn remove(&self, parent: INodeNo, name: &[u8], flags: i32) -> Result<()> {
-        let dir = self.node(parent)?;
-        let real = self.real_name(parent.0, &dir, name)?.ok_or(Errno::ENOENT)?;
-        sys::unlink(&dir.fd, &real, flags)?;
-        self.changed(parent.0, &dir, Change::Removed(&real));
-        if real != name {
-            self.drop_entry(parent.0, &real);
-        }
-        Ok(())
-    }
-
-    /// Renames by real names: the source is found whatever its case; a target that folds
-    /// like an entry there replaces that entry (no second entry differing by case),
-    /// unless it is the source itself, when only the case changes.
-    fn rename_entry(
-        &self,
-        parent: INodeNo,
-        name: &[u8],
-        newparent: INodeNo,
-        newname: &[u8],
-        flags: RenameFlags,
-    ) -> Result<()> {
-        let from = self.node(parent)?;
-        let to = self.node(newparent)?;
-        let real = self
-            .real_name(parent.0, &from, name)?
-            .ok_or(Errno::ENOENT)?;
-        let target = match self.real_name(newparent.0, &to, newname)? {
-            Some(t) if parent == newparent && t == real && t != newname => newname.to_vec(),
-            Some(t) => t,
-            None => newname.to_vec(),
-        };
-        if parent == newparent && target == real {
-            return Ok(());
-        }
-        sys::rename(&from.fd, &real, &to.fd, &target, flags.bits())?;
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-            // Both names stay; what they name is swapped.
-        } else {
-            self.changed(parent.0, &from, Change::Removed(&real));
-            self.changed(newparent.0, &to, Change::Added(&target));
-        }
-        if real != name {
-            self.drop_entry(parent.0, &real);
-        }
-        if target != newname {
-            self.drop_entry(newparent.0, &target);
-            self.drop_entry(newparent.0, newname);
-        }
-        Ok(())
-    }
-
-    /// The listing of the open directory `fh`, taken when it is read from the start.
-    fn listing(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing> {
-        if offset > 0
-            && let Some(l) = self
-                .listings
-                .lock()
-                .ok()
-                .and_then(|l| l.get(&fh.0).cloned())
-        {
-            return Ok(l);
-        }
-        let node = self.node(ino)?;
-        let entries = std::fs::read_dir(Path::new(OsStr::from_bytes(
-            sys::proc_path(&node.fd).as_bytes(),
-        )))
-        .map_err(io_errno)?;
-        let listing: Listing = Arc::new(
-            entries
-                .filter_map(|e| {
-                    let e = e.ok()?;
-                    let kind = e
-                        .file_type()
-                        .ok()
-                        .and_then(FileType::from_std)
-                        .unwrap_or(FileType::RegularFile);
-                    Some((e.ino(), kind, e.file_name().as_bytes().to_vec()))
-                })
-                .collect(),
-        );
-        if let Ok(mut listings) = self.listings.lock() {
-            listings.insert(fh.0, listing.clone());
-        }
-        Ok(listing)
-    }
-
-    /// The path for an xattr call on node `ino`; a symlink's xattrs are not reachable
-    /// through it (the path would follow the link).
-    fn xattr_path(&self, ino: INodeNo) -> Result<std::ffi::CString> {
-        let node = self.node(ino)?;
-        let st = sys::stat_fd(&node.fd)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            return Err(Errno::from_i32(libc::ENOTSUP));
-        }
-        Ok(sys::proc_path(&node.fd))
     }
 }
