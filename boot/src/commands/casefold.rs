@@ -10,7 +10,9 @@ use fim_image::Image;
 
 use super::Command;
 use super::args::texts;
-use super::image::{change_reserved, self_image};
+use super::image::{self_image, store_switch, switch};
+use super::overlay::Source;
+use fim_reserved::Reserved;
 
 pub const CASEFOLD: Command = Command {
     name: "fim-casefold",
@@ -27,14 +29,6 @@ pub const CASEFOLD: Command = Command {
            view: a new state applies once they have all exited.",
     run: Some(run),
 };
-
-/// Where the effective casefold state came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Environment,
-    Image,
-    Default,
-}
 
 /// `FIM_CASEFOLD` (`1` or `0`) beats reserved byte 10, whose `0` is the default (off).
 pub fn effective_casefold(image: &Image) -> anyhow::Result<(bool, Source)> {
@@ -57,28 +51,18 @@ pub fn effective_casefold(image: &Image) -> anyhow::Result<(bool, Source)> {
 /// `fim-casefold on|off|show`.
 fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let args = texts("fim-casefold", args)?;
-    let on = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["on"] => true,
-        ["off"] => false,
-        ["show"] => {
-            let (on, source) = effective_casefold(&self_image()?)?;
-            let from = match source {
-                Source::Environment => "FIM_CASEFOLD",
-                Source::Image => "the image",
-                Source::Default => "the default",
-            };
-            println!("{} (from {from})", if on { "on" } else { "off" });
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => bail!("usage: fim-casefold on|off | fim-casefold show"),
+    if let Some(on) = switch(&args) {
+        return store_switch("fim-casefold", on, Reserved::set_casefold);
+    }
+    if !matches!(args.as_slice(), [word] if word == "show") {
+        bail!("usage: fim-casefold on|off | fim-casefold show");
+    }
+    let (on, source) = effective_casefold(&self_image()?)?;
+    let from = match source {
+        Source::Environment => "FIM_CASEFOLD",
+        Source::Image => "the image",
+        Source::Default => "the default",
     };
-    change_reserved(&format!("fim-casefold {}", args[0]), move |r| {
-        r.set_casefold(on);
-        Ok(())
-    })
+    println!("{} (from {from})", if on { "on" } else { "off" });
+    Ok(ExitCode::SUCCESS)
 }

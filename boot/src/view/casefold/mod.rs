@@ -29,6 +29,7 @@ use fuser::{Config, INodeNo, MountOption, SessionACL};
 use nix::fcntl::OFlag;
 
 use super::Isolation;
+use super::layer_server::run_on_thread;
 use crate::debug;
 
 /// Mounts the casefold view over the writable view at `root`, served on threads of the
@@ -48,12 +49,11 @@ pub fn serve(
     let (stale, stale_rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
     let fs = server::CasefoldFs::new(below, root, stale)
         .map_err(|e| anyhow::anyhow!("cannot read {}: errno {}", root.display(), e.code()))?;
-    let mut session = fuser::Session::new(fs, root, &config(isolation)).map_err(|e| {
+    let session = fuser::Session::new(fs, root, &config(isolation)).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount the casefold view with FUSE: {e} (is /dev/fuse present and open to you?)"
         )
     })?;
-    let unmounter = session.unmount_callable();
     let notifier = session.notifier();
     std::thread::Builder::new()
         .name("casefold-stale".into())
@@ -63,16 +63,7 @@ pub fn serve(
             }
         })
         .context("cannot start the casefold view's notifier")?;
-    let (stopped, stopped_writer) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    std::thread::Builder::new()
-        .name("casefold".into())
-        .spawn(move || {
-            let _ = session.run();
-            drop(stopped_writer);
-        })
-        .context("cannot start the casefold server")?;
-    Ok((unmounter, stopped))
+    run_on_thread(session, "casefold")
 }
 
 /// Mount options: writable, modes checked by the kernel, open to the sandbox's nested
