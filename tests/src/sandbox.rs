@@ -131,6 +131,8 @@ pub struct App {
     pub image: PathBuf,
     /// `FIM_OVERLAY` for every run, when set.
     pub overlay: Option<&'static str>,
+    /// More environment for every run.
+    env: Vec<(&'static str, &'static str)>,
     _fuse: Option<FuseAccess>,
 }
 
@@ -184,7 +186,30 @@ pub fn base_image_without_tools() -> PathBuf {
         .clone()
 }
 
+/// What an image adds to the base root filesystem: files (path, content), host programs
+/// (found on `PATH`, or absolute) with their libraries, host files and directories copied
+/// to the same paths, and directories opened to everyone; missing host things are left
+/// out (tests using them say so).
+#[derive(Default)]
+pub struct Extra<'a> {
+    pub files: &'a [(&'a str, &'a str)],
+    pub programs: &'a [&'a str],
+    pub host_paths: &'a [&'a str],
+    /// Directories made writable by everyone (mode 1777).
+    pub open_dirs: &'a [&'a str],
+}
+
+/// The base root filesystem plus `extra`, built (compression level 3) as `name` once per
+/// call; the caller keeps it for the test process.
+pub fn base_image_with(name: &str, extra: &Extra) -> PathBuf {
+    build_base_with(name, &["--level", "3"], extra)
+}
+
 fn build_base(name: &str, options: &[&str]) -> PathBuf {
+    build_base_with(name, options, &Extra::default())
+}
+
+fn build_base_with(name: &str, options: &[&str], extra: &Extra) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR
         .get_or_init(|| {
@@ -215,6 +240,20 @@ fn build_base(name: &str, options: &[&str]) -> PathBuf {
         std::fs::write(path, text).expect("write");
     }
     add_host_programs(&rootfs, &["setfattr", "getfattr"]);
+    for (path, text) in extra.files {
+        crate::fsutil::put(&rootfs, path, text.as_bytes());
+    }
+    for dir in extra.open_dirs {
+        crate::fsutil::chmod(&rootfs.join(dir), 0o1777);
+    }
+    add_host_programs(&rootfs, extra.programs);
+    for path in extra.host_paths {
+        let inside = rootfs.join(path.trim_start_matches('/'));
+        if Path::new(path).exists() {
+            std::fs::create_dir_all(inside.parent().expect("parent")).expect("mkdir");
+            run(Command::new("cp").arg("-a").arg(path).arg(&inside)).assert_ok();
+        }
+    }
     let image = dir.join(name);
     build_with(&[&rootfs], &image, options);
     std::fs::remove_dir_all(&rootfs).expect("remove rootfs");
@@ -334,6 +373,7 @@ impl App {
             image: copy,
             dir,
             overlay: None,
+            env: Vec::new(),
             _fuse: fuse,
         })
     }
@@ -341,6 +381,12 @@ impl App {
     /// Runs every command with `FIM_OVERLAY=overlay`.
     pub fn with_overlay(mut self, overlay: &'static str) -> App {
         self.overlay = Some(overlay);
+        self
+    }
+
+    /// Runs every command with `key=value` in its environment.
+    pub fn with_env(mut self, key: &'static str, value: &'static str) -> App {
+        self.env.push((key, value));
         self
     }
 
@@ -381,6 +427,7 @@ impl App {
         if let Some(overlay) = self.overlay {
             cmd.env("FIM_OVERLAY", overlay);
         }
+        cmd.envs(self.env.iter().copied());
         if self.who == Who::User {
             cmd.uid(self.uid)
                 .gid(self.gid)
@@ -467,4 +514,21 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// A setuid-root copy of the host's bwrap in `dir`, if this machine allows one there.
+pub fn setuid_bwrap(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = which("bwrap")?;
+    let copy = dir.join("setuid-bwrap");
+    std::fs::copy(host, &copy).ok()?;
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).ok()?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).ok()?;
+    // A nosuid mount would ignore the bit.
+    let path = std::ffi::CString::new(copy.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs for the kernel to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a live statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0 && stat.f_flag & libc::ST_NOSUID == 0).then_some(copy)
 }

@@ -40,6 +40,7 @@ const EXPECTED: &str = "./
 // Each check runs for every backend, as the invoker and as the unprivileged user.
 fim_tests::per_backend!(
     every_kind_of_change_persists,
+    every_kind_of_change_persists_through_the_casefold_view,
     ten_concurrent_instances_share_one_view,
     sigkill_of_the_launcher_leaves_nothing_behind,
 );
@@ -96,16 +97,27 @@ fn manifest(app: &App) -> String {
 }
 
 fn every_kind_of_change_persists(backend: &'static str, who: Who) {
-    let Some(app) = app("every_change", who, backend) else {
-        return;
-    };
+    if let Some(app) = app("every_change", who, backend) {
+        changes_persist(&app, backend);
+    }
+}
+
+/// The same changes made and read through the casefold view (by their real names): it
+/// passes every kind of change through.
+fn every_kind_of_change_persists_through_the_casefold_view(backend: &'static str, who: Who) {
+    if let Some(app) = app("every_change_casefold", who, backend) {
+        changes_persist(&app.with_env("FIM_CASEFOLD", "1"), backend);
+    }
+}
+
+fn changes_persist(app: &App, backend: &str) {
     app.sh(CHANGES).assert_ok();
     if backend == "unionfs" {
         // unionfs-fuse (libfuse 2, one inode per path) shows the other names of a new hard
         // link with the old link count until the kernel's attribute cache expires (1 s).
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
-    assert_eq!(manifest(&app), EXPECTED, "{backend}: the next run's view");
+    assert_eq!(manifest(app), EXPECTED, "{backend}: the next run's view");
 
     if app.sh("command -v setfattr && command -v getfattr").code() != Some(0) {
         skip(&format!(

@@ -7,7 +7,7 @@ use std::process::Command;
 use fim_tests::fsutil::HostMount;
 use fim_tests::image::inspect_json;
 use fim_tests::run::SpawnRetrying;
-use fim_tests::sandbox::{App, Who, base_image};
+use fim_tests::sandbox::{App, Who, base_image, setuid_bwrap};
 use fim_tests::{build_with, checks, run, skip, tempdir, which};
 
 /// A directory holding nothing: a `PATH` without bwrap or any other host program.
@@ -443,23 +443,6 @@ fn refused_user_namespaces_are_named_with_the_fix() {
         "{}",
         out.stderr
     );
-}
-
-/// A setuid-root copy of the host's bwrap in `dir`, if this machine allows one there.
-fn setuid_bwrap(dir: &Path) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let host = which("bwrap")?;
-    let copy = dir.join("setuid-bwrap");
-    std::fs::copy(host, &copy).ok()?;
-    std::os::unix::fs::chown(&copy, Some(0), Some(0)).ok()?;
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).ok()?;
-    // A nosuid mount would ignore the bit.
-    let path = std::ffi::CString::new(copy.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: a zeroed statvfs for the kernel to fill.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a live statvfs.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    (rc == 0 && stat.f_flag & libc::ST_NOSUID == 0).then_some(copy)
 }
 
 #[test]

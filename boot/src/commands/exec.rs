@@ -10,6 +10,7 @@ use fim_image::Image;
 use fim_reserved::BootCommand;
 
 use super::Command;
+use super::casefold::effective_casefold;
 use super::image::self_image;
 use super::overlay::effective_overlay;
 use crate::debug;
@@ -127,7 +128,9 @@ fn launch(name: &str, args: &[OsString], as_root: bool) -> anyhow::Result<ExitCo
 fn run_in(image: Image, command: Vec<OsString>, as_root: bool) -> anyhow::Result<ExitCode> {
     let (overlay, source) = effective_overlay(&image)?;
     debug::log(format!("overlay {overlay} (from {source:?})"));
-    run::run(image, overlay, Launch { command, as_root })
+    let (casefold, source) = effective_casefold(&image)?;
+    debug::log(format!("casefold {casefold} (from {source:?})"));
+    run::run(image, (overlay, casefold), Launch { command, as_root })
 }
 
 #[cfg(test)]

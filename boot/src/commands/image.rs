@@ -43,6 +43,28 @@ pub fn self_image() -> anyhow::Result<Image> {
     }
 }
 
+/// `on` or `off`, when it is the only word of `args`.
+pub fn switch(args: &[String]) -> Option<bool> {
+    match args {
+        [word] if word == "on" => Some(true),
+        [word] if word == "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// `NAME on|off`: stores the switch in the reserved block with `set`.
+pub fn store_switch(
+    name: &str,
+    on: bool,
+    set: fn(&mut fim_reserved::Reserved, bool),
+) -> anyhow::Result<ExitCode> {
+    let word = if on { "on" } else { "off" };
+    change_reserved(&format!("{name} {word}"), move |r| {
+        set(r, on);
+        Ok(())
+    })
+}
+
 /// Validates the running image, then rewrites its reserved block with `change`, which
 /// sees the block as it is under the image's lock. When `change` refuses, nothing is
 /// written and the error reads `WHAT: reason`.

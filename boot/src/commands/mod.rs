@@ -14,6 +14,7 @@
 mod args;
 mod bind;
 mod boot;
+mod casefold;
 mod desktop;
 mod env;
 mod exec;
@@ -67,7 +68,7 @@ pub const COMMANDS: &[&Command] = &[
     &overlay::OVERLAY,
     &help::HELP,
     &version::VERSION,
-    &planned::CASEFOLD,
+    &casefold::CASEFOLD,
     &desktop::DESKTOP,
     &planned::REMOTE,
     &planned::RECIPE,

@@ -8,7 +8,8 @@ use anyhow::bail;
 
 use super::Command;
 use super::args::texts;
-use super::image::change_reserved;
+use super::image::{store_switch, switch};
+use fim_reserved::Reserved;
 
 pub const NOTIFY: Command = Command {
     name: "fim-notify",
@@ -21,19 +22,8 @@ pub const NOTIFY: Command = Command {
 
 /// `fim-notify on|off`.
 fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
-    let args = texts("fim-notify", args)?;
-    let on = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["on"] => true,
-        ["off"] => false,
-        _ => bail!("usage: fim-notify on|off"),
-    };
-    change_reserved(&format!("fim-notify {}", args[0]), move |r| {
-        r.set_notify(on);
-        Ok(())
-    })
+    match switch(&texts("fim-notify", args)?) {
+        Some(on) => store_switch("fim-notify", on, Reserved::set_notify),
+        None => bail!("usage: fim-notify on|off"),
+    }
 }

@@ -32,7 +32,7 @@ pub const OVERLAY: Command = Command {
     run: Some(run),
 };
 
-/// Where the effective overlay type came from.
+/// Where an effective setting (the overlay type, the casefold state) came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Environment,

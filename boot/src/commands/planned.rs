@@ -4,14 +4,6 @@
 
 use super::Command;
 
-pub const CASEFOLD: Command = Command {
-    name: "fim-casefold",
-    synopsis: "fim-casefold on|off",
-    summary: "Make file names inside the image case-insensitive, as Windows programs expect.",
-    help: "FlatImage stores the choice at reserved byte 10.",
-    run: None,
-};
-
 pub const REMOTE: Command = Command {
     name: "fim-remote",
     synopsis: "fim-remote set URL | show | clear",

@@ -38,7 +38,7 @@ pub struct Launch {
     pub as_root: bool,
 }
 
-pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<ExitCode> {
+pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Result<ExitCode> {
     let ignored = shim::ignored_at_start();
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
@@ -68,7 +68,7 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         let _step = Step::new("open the managed and FIM_LAYERS layers");
         layer_stack::extra_layers(&places.data)?
     };
-    let membership = session::connect(&image, &extras, &places, (uid, gid), overlay)?;
+    let membership = session::connect(&image, &extras, &places, (uid, gid), wanted)?;
     let isolation = {
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?

@@ -57,7 +57,7 @@ pub fn spawn(
     places: &Places,
     (uid, gid): (u32, u32),
     identity: &str,
-    wanted: Overlay,
+    wanted: (Overlay, bool),
 ) -> anyhow::Result<UnixStream> {
     let (ours, theirs) = UnixStream::pair().context("cannot create a socket pair")?;
     // Buffered output would otherwise be written twice, once by each process.
@@ -88,7 +88,7 @@ fn daemon_main(
     places: &Places,
     (uid, gid): (u32, u32),
     identity: &str,
-    wanted: Overlay,
+    wanted: (Overlay, bool),
     mut first: UnixStream,
 ) -> i32 {
     let _ = setsid();
@@ -132,6 +132,8 @@ struct Daemon<'a> {
     data_lock: DataLock,
     /// The backend asked for (the view's may differ after a fallback).
     wanted: Overlay,
+    /// Whether the casefold view is on.
+    casefold: bool,
     /// Why the view's backend is not `wanted`, for the launcher that started the session.
     notice: Option<String>,
 }
@@ -142,7 +144,7 @@ impl<'a> Daemon<'a> {
         places: &'a Places,
         (uid, gid): (u32, u32),
         identity: &str,
-        wanted: Overlay,
+        (wanted, casefold): (Overlay, bool),
         first: &mut UnixStream,
     ) -> anyhow::Result<Self> {
         let Some(data_lock) = DataLock::try_take(places)? else {
@@ -186,11 +188,18 @@ impl<'a> Daemon<'a> {
             stack,
             identity,
             &places.image,
-            wanted,
+            (wanted, casefold),
             &mut ToLauncher(first),
         )?;
         let isolation = namespaces::create(uid, gid)?;
-        let mut view = View::mount(layers.image, served, places, (uid, gid), isolation, wanted)?;
+        let mut view = View::mount(
+            layers.image,
+            served,
+            places,
+            (uid, gid),
+            isolation,
+            (wanted, casefold),
+        )?;
 
         let listener = match UnixListener::bind(&places.socket)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -208,6 +217,7 @@ impl<'a> Daemon<'a> {
             signals,
             data_lock,
             wanted,
+            casefold,
             notice: view.notice.take(),
             view,
         })
@@ -266,14 +276,16 @@ impl<'a> Daemon<'a> {
                 }
             }
 
-            let (listener_ready, signalled, fuse_gone, helper_gone, readable) = {
+            let (listener_ready, signalled, fuse_gone, helper_gone, casefold_gone, readable) = {
                 let fuse = self.view.layers_stopped().unwrap_or(self.signals.as_fd());
                 let helper = self.view.backend_exited().unwrap_or(self.signals.as_fd());
+                let casefold = self.view.casefold_stopped().unwrap_or(self.signals.as_fd());
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(fuse, PollFlags::POLLIN),
                     PollFd::new(helper, PollFlags::POLLIN),
+                    PollFd::new(casefold, PollFlags::POLLIN),
                 ];
                 fds.extend(
                     clients
@@ -287,7 +299,7 @@ impl<'a> Daemon<'a> {
                     }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let readable: Vec<usize> = fds[4..]
+                let readable: Vec<usize> = fds[5..]
                     .iter()
                     .enumerate()
                     .filter(|(_, fd)| ready(fd))
@@ -298,6 +310,7 @@ impl<'a> Daemon<'a> {
                     ready(&fds[1]),
                     ready(&fds[2]) && self.view.layers_stopped().is_some(),
                     ready(&fds[3]) && self.view.backend_exited().is_some(),
+                    ready(&fds[4]) && self.view.casefold_stopped().is_some(),
                     readable,
                 )
             };
@@ -340,6 +353,12 @@ impl<'a> Daemon<'a> {
             if fuse_gone {
                 return self.stop(clients, "the FUSE server of its layers stopped".into());
             }
+            if casefold_gone {
+                return self.stop(
+                    clients,
+                    "the FUSE server of its casefold view stopped".into(),
+                );
+            }
             if helper_gone {
                 let how = self.view.how_the_backend_ended();
                 return self.stop(clients, how);
@@ -360,6 +379,7 @@ impl<'a> Daemon<'a> {
             instances: clients.len() as u32 + 1,
             wanted: self.wanted,
             used: self.view.overlay,
+            casefold: self.casefold,
         };
         if stream.write_all(greeting.encode().as_bytes()).is_ok() {
             clients.push(stream);

@@ -5,7 +5,7 @@
 //! ```text
 //! daemon -> launcher:  note TEXT\n ...        things the user should know (zero or more)
 //!                      progress DONE TOTAL\n ...   a long step's bytes (an extraction)
-//!                      ready PID IDENTITY INSTANCES WANTED USED\n | failed WHY\n
+//!                      ready PID IDENTITY INSTANCES WANTED USED CASEFOLD(0|1)\n | failed WHY\n
 //!                      ended WHY\n           (later, only when the session fails under its members)
 //! launcher -> daemon:  L (leaving after a normal run: linger) | Q (make way, only member)
 //! ```
@@ -26,13 +26,14 @@ pub enum Greeting {
     /// The mounts are up. `pid` is the daemon (whose namespaces to join), `image` the
     /// identity of the layers it serves, `instances` the launchers connected, this one included.
     /// `wanted` is the backend the session was started for, `used` the one that mounted
-    /// the view (they differ after a fallback).
+    /// the view (they differ after a fallback). `casefold`: whether the casefold view is on.
     Ready {
         pid: i32,
         image: String,
         instances: u32,
         wanted: Overlay,
         used: Overlay,
+        casefold: bool,
     },
     /// The daemon could not set the session up; the text says why.
     Failed(String),
@@ -53,7 +54,11 @@ impl Greeting {
                 instances,
                 wanted,
                 used,
-            } => format!("ready {pid} {image} {instances} {wanted} {used}\n"),
+                casefold,
+            } => format!(
+                "ready {pid} {image} {instances} {wanted} {used} {}\n",
+                u8::from(*casefold)
+            ),
             // One line, whatever the message held.
             Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
             Greeting::Note(what) => format!("note {}\n", what.replace('\n', " ")),
@@ -86,12 +91,18 @@ impl Greeting {
         let instances = words.next()?.parse().ok()?;
         let wanted = words.next()?.parse().ok()?;
         let used = words.next()?.parse().ok()?;
+        let casefold = match words.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
         words.next().is_none().then_some(Greeting::Ready {
             pid,
             image,
             instances,
             wanted,
             used,
+            casefold,
         })
     }
 }
@@ -119,8 +130,9 @@ mod tests {
             instances: 3,
             wanted: Overlay::Bwrap,
             used: Overlay::Unionfs,
+            casefold: true,
         };
-        assert_eq!(g.encode(), "ready 42 00ff 3 bwrap unionfs\n");
+        assert_eq!(g.encode(), "ready 42 00ff 3 bwrap unionfs 1\n");
         assert_eq!(Greeting::parse(&g.encode()), Some(g));
     }
 
@@ -185,7 +197,10 @@ mod tests {
             "ready 5 ab 1 bwrap\n",
             "ready 5 ab 1 bwrap nonsense\n",
             "ready 5 ab 1 bwrap bwrap extra\n",
-            "ready 5 ab 1 bwrap bwrap",
+            "ready 5 ab 1 bwrap bwrap\n",
+            "ready 5 ab 1 bwrap bwrap 2\n",
+            "ready 5 ab 1 bwrap bwrap 0 extra\n",
+            "ready 5 ab 1 bwrap bwrap 1",
             "hello\n",
         ] {
             assert_eq!(Greeting::parse(bad), None, "{bad:?}");

@@ -46,6 +46,8 @@ pub struct Membership {
     /// The backend the session was started for, and the one serving the view.
     pub wanted: Overlay,
     pub overlay: Overlay,
+    /// Whether the session's view is the casefold one.
+    pub casefold: bool,
 }
 
 impl Membership {
@@ -91,7 +93,7 @@ pub fn connect(
     extras: &[LayerFile],
     places: &Places,
     (uid, gid): (u32, u32),
-    wanted: Overlay,
+    (wanted, casefold): (Overlay, bool),
 ) -> anyhow::Result<Membership> {
     let identity = layer_stack::identity(image, extras);
     let lock = lock_file(&places.session_lock)?;
@@ -105,17 +107,22 @@ pub fn connect(
     if let Some(stream) = connect_running(&places.socket)? {
         let _step = Step::new("join the running session");
         match greeting(stream)? {
-            // Alone in a lingering session that serves other layers, or another
-            // backend: replace it.
+            // Alone in a lingering session that serves other layers, another backend
+            // or the other casefold state: replace it.
             Some((member, image))
-                if (image != identity || member.wanted != wanted) && member.instances == 1 =>
+                if (image != identity
+                    || member.wanted != wanted
+                    || member.casefold != casefold)
+                    && member.instances == 1 =>
             {
                 debug::log(
-                    "the lingering session serves other layers or another overlay backend; replacing it",
+                    "the lingering session serves other layers, another overlay backend or the other casefold state; replacing it",
                 );
                 member.make_way()?;
             }
-            Some(member) => return check_identity(member, &identity, wanted, places),
+            Some(member) => {
+                return check_identity(member, &identity, (wanted, casefold), places);
+            }
             None => debug::log("the session's daemon died; starting a new one"),
         }
     }
@@ -130,9 +137,16 @@ pub fn connect(
             .context("cannot clear a stale session")?;
     }
     let _step = Step::new("start the session daemon");
-    let stream = daemon::spawn(image, extras, places, (uid, gid), &identity, wanted)?;
+    let stream = daemon::spawn(
+        image,
+        extras,
+        places,
+        (uid, gid),
+        &identity,
+        (wanted, casefold),
+    )?;
     match greeting(stream)? {
-        Some(member) => check_identity(member, &identity, wanted, places),
+        Some(member) => check_identity(member, &identity, (wanted, casefold), places),
         None => {
             bail!("the session daemon exited while starting (run with FIM_DEBUG=1 for details)")
         }
@@ -142,7 +156,7 @@ pub fn connect(
 fn check_identity(
     (member, image): (Membership, String),
     identity: &str,
-    wanted: Overlay,
+    (wanted, casefold): (Overlay, bool),
     places: &Places,
 ) -> anyhow::Result<Membership> {
     let others = member.instances.saturating_sub(1);
@@ -159,11 +173,23 @@ fn check_identity(
             member.overlay
         );
     }
+    if member.casefold != casefold {
+        // The same for the casefold view: one view per upper directory.
+        eprintln!(
+            "fim: {others} running instance(s) of this image use casefold {}; casefold {} applies once they have exited",
+            on_off(member.casefold),
+            on_off(casefold)
+        );
+    }
     debug::log(format!(
         "session daemon {} serves {} instance(s)",
         member.daemon, member.instances
     ));
     Ok(member)
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 /// Ends this user's lingering session of `places`, whose mounts hold the upper directory
@@ -284,6 +310,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                 instances,
                 wanted,
                 used,
+                casefold,
             }) => {
                 drop(reader);
                 return Ok(Some((
@@ -293,6 +320,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                         instances,
                         wanted,
                         overlay: used,
+                        casefold,
                     },
                     image,
                 )));

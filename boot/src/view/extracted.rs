@@ -383,6 +383,16 @@ pub fn refuse_fuse_backend(overlay: fim_reserved::Overlay, why: &str) -> anyhow:
     Ok(())
 }
 
+/// Refuses the casefold view where FUSE is unavailable: it is a FUSE file system.
+pub fn refuse_casefold(casefold: bool, why: &str) -> anyhow::Result<()> {
+    if casefold {
+        bail!(
+            "casefold needs FUSE, which is unavailable here ({why}); turn it off with FIM_CASEFOLD=0 or fim-casefold off"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ pub fn serve(
             owner: Some((uid, gid)),
         },
     };
-    let mut session = {
+    let session = {
         let _step = debug::Step::new("daemon: mount the layers (FUSE)");
         fuse_session(Arc::new(stack), mount_point, &settings).map_err(|e| {
             anyhow::anyhow!(
@@ -46,15 +46,24 @@ pub fn serve(
             )
         })?
     };
+    run_on_thread(session, "fuse")
+}
+
+/// Runs a mounted FUSE session on a thread named `name`; returns its unmounter and a
+/// descriptor that hangs up when the session stops.
+pub fn run_on_thread<FS: fuser::Filesystem>(
+    mut session: fuser::Session<FS>,
+    name: &str,
+) -> anyhow::Result<(fuser::SessionUnmounter, OwnedFd)> {
     let unmounter = session.unmount_callable();
     let (stopped, stopped_writer) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     std::thread::Builder::new()
-        .name("fuse".into())
+        .name(name.into())
         .spawn(move || {
             let _ = session.run();
             drop(stopped_writer);
         })
-        .context("cannot start the FUSE server")?;
+        .with_context(|| format!("cannot start the FUSE server {name}"))?;
     Ok((unmounter, stopped))
 }

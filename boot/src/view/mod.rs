@@ -1,6 +1,8 @@
 //! The view: what the app sees as its root. Bottom to top:
 //!
 //! ```text
+//! places.root    optionally the casefold view over it, on the same mount point
+//!                (casefold): names found whatever their case
 //! places.root    the writable view: kernel overlay, fuse-overlayfs or unionfs (overlay,
 //!                fuse_backend), upper directory in the data directory, its deletion
 //!                markers in the backend's format (markers)
@@ -13,6 +15,7 @@
 //! its namespaces (an extraction runs as the user), [`View::mount`] inside them. The view
 //! lives as long as the session; [`View::detach`] takes it down, top first.
 
+pub mod casefold;
 pub mod extracted;
 pub mod fuse_backend;
 pub mod layer_server;
@@ -78,12 +81,13 @@ impl Layers {
         stack: Stack,
         identity: &str,
         image: &Path,
-        wanted: Overlay,
+        (wanted, casefold): (Overlay, bool),
         report: &mut dyn extracted::Report,
     ) -> anyhow::Result<Layers> {
         Ok(match extracted::needed() {
             Some(why) => {
                 extracted::refuse_fuse_backend(wanted, &why)?;
+                extracted::refuse_casefold(casefold, &why)?;
                 debug::log(format!(
                     "daemon: {why}: serving the layers from the extraction cache"
                 ));
@@ -107,21 +111,30 @@ pub struct View {
     fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
     /// The FUSE backend's process, if the view is not the kernel overlay.
     helper: Option<Helper>,
+    /// The casefold view's server and what becomes readable when it stops, if it is on.
+    casefold: Option<(fuser::SessionUnmounter, OwnedFd)>,
     /// The extracted layers in use, when FUSE does not serve them.
     _extraction: Option<extracted::Extraction>,
 }
 
 impl View {
-    /// Mounts the layers and the writable view over them with `wanted` (or its fallback).
-    /// On failure nothing stays mounted.
+    /// Mounts the layers and the writable view over them with `wanted` (or its fallback),
+    /// and the casefold view over that if `casefold`. On failure nothing stays mounted.
     pub fn mount(
         image: &Image,
         layers: Layers,
         places: &Places,
         ids: (u32, u32),
         isolation: Isolation,
-        wanted: Overlay,
+        (wanted, casefold): (Overlay, bool),
     ) -> anyhow::Result<View> {
+        if casefold && isolation == Isolation::Host {
+            // fusermount3 runs as root, and root may not enter the user's FUSE mount below
+            // (mounted without allow_other) to mount over it.
+            anyhow::bail!(
+                "casefold needs user namespaces, which this system refuses (fusermount3 cannot mount it over the overlay); turn it off with FIM_CASEFOLD=0 or fim-casefold off"
+            );
+        }
         let (lower, mut fuse, extraction) = match layers {
             Layers::Extracted(extraction) => (extraction.tree.clone(), None, Some(extraction)),
             Layers::Fuse(stack) => {
@@ -130,16 +143,29 @@ impl View {
             }
         };
         match overlay::mount_view(image, places, &lower, ids, isolation, wanted) {
-            Ok(mounted) => Ok(View {
-                overlay: mounted.overlay,
-                notice: mounted.notice,
-                root: places.root.clone(),
-                data: places.data.clone(),
-                isolation,
-                fuse,
-                helper: mounted.helper,
-                _extraction: extraction,
-            }),
+            Ok(mounted) => {
+                let mut view = View {
+                    overlay: mounted.overlay,
+                    notice: mounted.notice,
+                    root: places.root.clone(),
+                    data: places.data.clone(),
+                    isolation,
+                    fuse,
+                    helper: mounted.helper,
+                    casefold: None,
+                    _extraction: extraction,
+                };
+                if casefold {
+                    match casefold::serve(&places.root, isolation) {
+                        Ok(served) => view.casefold = Some(served),
+                        Err(e) => {
+                            view.detach();
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(view)
+            }
             Err(e) => {
                 if let Some((unmounter, _)) = &mut fuse {
                     let _ = unmounter.unmount();
@@ -147,6 +173,11 @@ impl View {
                 Err(e)
             }
         }
+    }
+
+    /// Becomes readable (hangs up) when the casefold view's server stops.
+    pub fn casefold_stopped(&self) -> Option<BorrowedFd<'_>> {
+        self.casefold.as_ref().map(|(_, stopped)| stopped.as_fd())
     }
 
     /// Becomes readable (hangs up) when the layers' FUSE server stops.
@@ -171,6 +202,9 @@ impl View {
     /// backend is waited for before the layers below it are unmounted: it holds them open
     /// until it exits.
     pub fn detach(mut self) {
+        if let Some((mut unmounter, _)) = self.casefold.take() {
+            let _ = unmounter.unmount();
+        }
         match self.isolation {
             Isolation::Namespaces => {
                 let _ = umount2(&self.root, MntFlags::MNT_DETACH);

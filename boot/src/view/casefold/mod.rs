@@ -1,0 +1,85 @@
+//! The casefold view: names found whatever their case, kept as they were written. A
+//! passthrough FUSE file system served by the session daemon, mounted on the writable
+//! view's own mount point, over it, so the sandbox's root and every instance see it:
+//!
+//! ```text
+//! places.root   casefold (this server)       <- the sandbox's root
+//!     │ O_PATH descriptors taken before it covered the view
+//! places.root   the writable view (kernel overlay, fuse-overlayfs or unionfs)
+//! places.layers the merged read-only layers
+//! ```
+//!
+//! It never renames anything below: turned off, every file is reachable by its real name.
+//! `fold` is the comparison, `names` the choice of a real name, `inodes` the node table,
+//! `sys` the calls on the view below, `server` the file system.
+
+mod fold;
+mod inodes;
+mod names;
+mod server;
+mod sys;
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::Context;
+use fuser::{Config, INodeNo, MountOption, SessionACL};
+use nix::fcntl::OFlag;
+
+use super::Isolation;
+use super::layer_server::run_on_thread;
+use crate::debug;
+
+/// Mounts the casefold view over the writable view at `root`, served on threads of the
+/// daemon; returns its unmounter and a descriptor that hangs up when it stops.
+pub fn serve(
+    root: &Path,
+    isolation: Isolation,
+) -> anyhow::Result<(fuser::SessionUnmounter, OwnedFd)> {
+    let _step = debug::Step::new("daemon: mount the casefold view (FUSE)");
+    // Taken before the mount covers it: the server reaches the view below through it.
+    let below = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", root.display()))?;
+    let (stale, stale_rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
+    let fs = server::CasefoldFs::new(below, root, stale)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: errno {}", root.display(), e.code()))?;
+    let session = fuser::Session::new(fs, root, &config(isolation)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot mount the casefold view with FUSE: {e} (is /dev/fuse present and open to you?)"
+        )
+    })?;
+    let notifier = session.notifier();
+    std::thread::Builder::new()
+        .name("casefold-stale".into())
+        .spawn(move || {
+            for (dir, name) in stale_rx {
+                let _ = notifier.inval_entry(INodeNo(dir), OsStr::from_bytes(&name));
+            }
+        })
+        .context("cannot start the casefold view's notifier")?;
+    run_on_thread(session, "casefold")
+}
+
+/// Mount options: writable, modes checked by the kernel, open to the sandbox's nested
+/// user namespace. (Without user namespaces the view refuses casefold before any mount.)
+fn config(isolation: Isolation) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("fim-casefold".into()),
+        MountOption::Subtype("fim".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if isolation == Isolation::Namespaces {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(fim_layers::reader::cpu_count().max(2));
+    config.clone_fd = true;
+    config
+}
