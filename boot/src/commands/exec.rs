@@ -10,6 +10,7 @@ use fim_image::Image;
 use fim_reserved::BootCommand;
 
 use super::Command;
+use super::ephemeral::writable;
 use super::image::self_image;
 use super::overlay::effective_overlay;
 use crate::debug;
@@ -127,7 +128,17 @@ fn launch(name: &str, args: &[OsString], as_root: bool) -> anyhow::Result<ExitCo
 fn run_in(image: Image, command: Vec<OsString>, as_root: bool) -> anyhow::Result<ExitCode> {
     let (overlay, source) = effective_overlay(&image)?;
     debug::log(format!("overlay {overlay} (from {source:?})"));
-    run::run(image, overlay, Launch { command, as_root })
+    let writable = writable(&image)?;
+    debug::log(format!("writable view: {writable:?}"));
+    run::run(
+        image,
+        overlay,
+        Launch {
+            command,
+            as_root,
+            writable,
+        },
+    )
 }
 
 #[cfg(test)]

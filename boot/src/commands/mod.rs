@@ -15,6 +15,7 @@ mod args;
 mod bind;
 mod boot;
 mod env;
+mod ephemeral;
 mod exec;
 mod flags;
 mod help;
@@ -64,6 +65,7 @@ pub const COMMANDS: &[&Command] = &[
     &instance::INSTANCE,
     &notify::NOTIFY,
     &overlay::OVERLAY,
+    &ephemeral::EPHEMERAL,
     &help::HELP,
     &version::VERSION,
     &planned::CASEFOLD,

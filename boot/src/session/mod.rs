@@ -31,6 +31,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use crate::debug::{self, Step};
 use crate::locks::{DataLock, NoInstances, lock_file};
 use crate::places::Places;
+use crate::view::Writable;
 use crate::view::layer_stack::{self, LayerFile};
 use greeting::{Greeting, LEAVING, QUIT};
 
@@ -91,7 +92,7 @@ pub fn connect(
     extras: &[LayerFile],
     places: &Places,
     (uid, gid): (u32, u32),
-    wanted: Overlay,
+    (wanted, writable): (Overlay, Writable),
 ) -> anyhow::Result<Membership> {
     let identity = layer_stack::identity(image, extras);
     let lock = lock_file(&places.session_lock)?;
@@ -130,7 +131,14 @@ pub fn connect(
             .context("cannot clear a stale session")?;
     }
     let _step = Step::new("start the session daemon");
-    let stream = daemon::spawn(image, extras, places, (uid, gid), &identity, wanted)?;
+    let stream = daemon::spawn(
+        image,
+        extras,
+        places,
+        (uid, gid),
+        &identity,
+        (wanted, writable),
+    )?;
     match greeting(stream)? {
         Some(member) => check_identity(member, &identity, wanted, places),
         None => {
