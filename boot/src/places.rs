@@ -39,6 +39,8 @@ pub struct Places {
     pub root: PathBuf,
     /// Mount point of an ephemeral run's tmpfs (its upper and work directories).
     pub scratch: PathBuf,
+    /// Mount point of an ephemeral run's read-only bind of the data directory.
+    pub read_only_data: PathBuf,
     /// One record per running instance (`fim-instance`).
     pub instances: PathBuf,
 }
@@ -126,6 +128,7 @@ impl Places {
             layers: instance.join("layers"),
             root: instance.join("root"),
             scratch: instance.join("scratch"),
+            read_only_data: instance.join("data"),
             instances: instance.join("instances"),
             socket,
             instance,
@@ -156,7 +159,13 @@ impl Places {
                 first = first.and(removed);
             }
         }
-        for dir in [&self.instances, &self.layers, &self.root, &self.scratch] {
+        for dir in [
+            &self.instances,
+            &self.layers,
+            &self.root,
+            &self.scratch,
+            &self.read_only_data,
+        ] {
             first = first.and(remove(dir, std::fs::remove_dir(dir)));
         }
         first

@@ -6,13 +6,15 @@
 //! <instance>/scratch     tmpfs (FIM_EPHEMERAL_SIZE, else the kernel's default size)
 //!   upper/               this run's writes, deletions and replaced directories
 //!   work/                the kernel overlay's and fuse-overlayfs's work directory
-//! <data>/upper           read-only: the persistent changes, deletion markers as they are
+//! <instance>/data        the data directory, bound read-only in the session's namespace
+//!   upper/               the persistent changes, deletion markers as they are
 //! places.layers          read-only: the merged layers
 //! ```
 //!
-//! Nothing in the data directory is written, converted or locked: its deletion markers
-//! are read in the format they are in, so the backend is one that honours that format in
-//! a read-only lower (`honours`). What this module does not do: decide whether a run is
+//! Nothing in the data directory is written, converted or locked: the view reads it
+//! through a read-only bind, on which the kernel updates no access time either. Its
+//! deletion markers are read in the format they are in, so the backend is one that
+//! honours that format in a read-only lower (`honours`). What this module does not do: decide whether a run is
 //! ephemeral (`commands::ephemeral`), nor give it its own session (`places`, `session`).
 
 use std::collections::BTreeSet;
@@ -22,6 +24,7 @@ use std::os::unix::fs::DirBuilderExt;
 use anyhow::{Context, bail};
 use fim_reserved::Overlay;
 use nix::mount::{MsFlags, mount};
+use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::markers::{self, Format};
 use crate::places::Places;
@@ -70,7 +73,46 @@ pub fn formats(places: &Places) -> anyhow::Result<BTreeSet<Format>> {
     if !has_upper(places) {
         return Ok(BTreeSet::new());
     }
-    markers::recorded(&places.data)
+    markers::recorded(&places.read_only_data)
+}
+
+/// Binds the data directory, when there is one, read-only at `places.read_only_data` in
+/// the session's mount namespace; the view reads it only there.
+pub fn bind_data_read_only(places: &Places) -> anyhow::Result<()> {
+    if !places.data.is_dir() {
+        return Ok(());
+    }
+    let _step = crate::debug::Step::new("daemon: bind the data directory read-only");
+    let target = &places.read_only_data;
+    DirBuilder::new()
+        .mode(0o700)
+        .create(target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    let cannot = || format!("cannot bind {} read-only", places.data.display());
+    mount(
+        Some(&places.data),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(cannot)?;
+    // A remount replaces the bind's flags: those the host locked must be given again.
+    let now = statvfs(target).with_context(cannot)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (has, flag) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if now.contains(has) {
+            flags |= flag;
+        }
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).with_context(cannot)
 }
 
 /// The backend of an ephemeral view: `wanted` when it reads the persistent markers, else
@@ -136,9 +178,13 @@ pub fn scratch_dir(places: &Places, dir: &str) -> anyhow::Result<String> {
     super::overlay::option_path(&places.scratch.join(dir))
 }
 
-/// Whether the view over `places` has a persistent upper directory to show.
-pub fn has_upper(places: &Places) -> bool {
-    places.upper.is_dir()
+/// The persistent upper directory as the view reads it (read-only), if there is one.
+pub fn upper(places: &Places) -> Option<std::path::PathBuf> {
+    Some(places.read_only_data.join("upper")).filter(|p| p.is_dir())
+}
+
+fn has_upper(places: &Places) -> bool {
+    upper(places).is_some()
 }
 
 #[cfg(test)]

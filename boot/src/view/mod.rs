@@ -113,8 +113,10 @@ pub struct View {
     pub notice: Option<String>,
     root: PathBuf,
     data: PathBuf,
-    /// An ephemeral run's tmpfs, taken down after the backend above it.
+    /// An ephemeral run's tmpfs and read-only data directory, taken down after the
+    /// backend above them.
     scratch: Option<PathBuf>,
+    read_only_data: Option<PathBuf>,
     isolation: Isolation,
     /// The FUSE server of the layers and what becomes readable (hang-up) when it stops.
     fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
@@ -149,6 +151,8 @@ impl View {
                 root: places.root.clone(),
                 data: places.data.clone(),
                 scratch: matches!(writable, Writable::Ephemeral(_)).then(|| places.scratch.clone()),
+                read_only_data: matches!(writable, Writable::Ephemeral(_))
+                    .then(|| places.read_only_data.clone()),
                 isolation,
                 fuse,
                 helper: mounted.helper,
@@ -201,6 +205,9 @@ impl View {
         if let Some(scratch) = &self.scratch {
             // Nothing of an ephemeral run's is kept: its writes go with the tmpfs.
             let _ = umount2(scratch, MntFlags::MNT_DETACH);
+            if let Some(data) = &self.read_only_data {
+                let _ = umount2(data, MntFlags::MNT_DETACH);
+            }
             return;
         }
         // The kernel overlay leaves its empty work directory with mode 000, which a

@@ -75,19 +75,13 @@ impl Branches {
                 persistent: true,
             },
             Writable::Ephemeral(_) => {
-                let has_upper = ephemeral::has_upper(places);
+                let kept = ephemeral::upper(places)
+                    .map(|p| option_path(&p))
+                    .transpose()?;
                 let scratch_work = ephemeral::scratch_dir(places, "work")?;
                 Branches {
-                    cwd: if has_upper {
-                        places.data.clone()
-                    } else {
-                        PathBuf::from("/")
-                    },
-                    lowers: has_upper
-                        .then(|| "upper".to_string())
-                        .into_iter()
-                        .chain([layers])
-                        .collect(),
+                    cwd: PathBuf::from("/"),
+                    lowers: kept.into_iter().chain([layers]).collect(),
                     upper: ephemeral::scratch_dir(places, "upper")?,
                     work: scratch_work.clone(),
                     fuse_work: scratch_work,
@@ -119,6 +113,7 @@ pub fn mount_view(
                     "an ephemeral run needs a user namespace to mount its memory-backed layer, and this system refuses them: run without FIM_EPHEMERAL (fim-ephemeral off), or allow unprivileged user namespaces"
                 );
             }
+            ephemeral::bind_data_read_only(places)?;
             let formats = ephemeral::formats(places)?;
             let (overlay, switched) = ephemeral::backend(wanted, &formats)?;
             ephemeral::mount_scratch(places, settings)?;
