@@ -106,7 +106,8 @@ pub fn bind_data_read_only(places: &Places) -> anyhow::Result<()> {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        // ST_RELATIME (Linux's value; musl's headers do not name it).
+        (FsFlags::from_bits_retain(0x1000), MsFlags::MS_RELATIME),
     ] {
         if now.contains(has) {
             flags |= flag;
