@@ -538,3 +538,53 @@ fn the_size_caps_the_runs_writes(who: Who) {
     assert!(out.stdout.ends_with("small\np\n"), "{}", out.stdout);
     assert_untouched(&data, &before);
 }
+
+#[test]
+fn without_fuse_the_extracted_layers_run_ephemeral() {
+    let Some(app) = App::new("ephemeral_extracted", Who::User) else {
+        return;
+    };
+    let cache = app.dir.path().join("cache");
+    app.sh("echo p > /data/p; rm /data/gone.txt").assert_ok();
+    fim_tests::checks::wait_for_the_session_to_end(&app);
+    let data = app.data_dir();
+    let before = freeze(&data);
+    let script = "cat /data/p; ls /data/gone.txt 2>/dev/null; echo e > /data/e; cat /data/e";
+    let out = fim_tests::run(&mut ephemeral(
+        &app,
+        &["fim-exec", "sh", "-c", script],
+        &[
+            ("FIM_EXTRACT", "1"),
+            ("XDG_CACHE_HOME", &cache.to_string_lossy()),
+        ],
+    ));
+    out.assert_ok();
+    assert_eq!(out.stdout, "p\ne\n");
+    assert_untouched(&data, &before);
+}
+
+#[test]
+fn without_user_namespaces_an_ephemeral_run_is_refused_in_one_line() {
+    if !is_root() {
+        skip("ephemeral without user namespaces: making a setuid bwrap needs root");
+        return;
+    }
+    let Some(app) = App::new("ephemeral_no_userns", Who::User) else {
+        return;
+    };
+    if fim_tests::which("fusermount3").is_none() {
+        skip("ephemeral without user namespaces: fusermount3 is not installed");
+        return;
+    }
+    let Some(bwrap) = fim_tests::fsutil::setuid_bwrap(app.dir.path()) else {
+        skip("ephemeral without user namespaces: a setuid bwrap cannot be made here");
+        return;
+    };
+    let bwrap = bwrap.to_string_lossy().into_owned();
+    let out = fim_tests::run(&mut ephemeral(
+        &app,
+        &["fim-exec", "true"],
+        &[("FIM_TEST_REFUSE_USERNS", "1"), ("FIM_BWRAP", &bwrap)],
+    ));
+    out.assert_clean_failure("app.flatimage: an ephemeral run needs a user namespace");
+}
