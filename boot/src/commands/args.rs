@@ -16,6 +16,16 @@ pub fn texts(command: &str, args: &[OsString]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// The one word of a switch (`fim-notify on`): `Some(true)` for `on`, `Some(false)` for
+/// `off`, `None` for anything else.
+pub fn on_off(words: &[String]) -> Option<bool> {
+    match words {
+        [word] if word == "on" => Some(true),
+        [word] if word == "off" => Some(false),
+        _ => None,
+    }
+}
+
 /// Prints `lines`, one per line.
 pub fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<ExitCode> {
     for line in lines {
@@ -40,6 +50,16 @@ pub fn quoted(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_switch_is_exactly_one_word_on_or_off() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(on_off(&words(&["on"])), Some(true));
+        assert_eq!(on_off(&words(&["off"])), Some(false));
+        for bad in [&[][..], &["On"], &["on", "off"], &["1"]] {
+            assert_eq!(on_off(&words(bad)), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn plain_words_are_shown_as_they_are() {

@@ -9,7 +9,7 @@ use anyhow::bail;
 use fim_image::Image;
 
 use super::Command;
-use super::args::texts;
+use super::args::{on_off, texts};
 use super::image::{change_reserved, self_image};
 use super::overlay::Source;
 use crate::view::Writable;
@@ -77,20 +77,13 @@ pub fn writable(image: &Image) -> anyhow::Result<Writable> {
 /// `fim-ephemeral on|off|show`.
 fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let args = texts("fim-ephemeral", args)?;
-    let on = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["on"] => true,
-        ["off"] => false,
-        ["show"] => {
-            let (on, source) = effective_ephemeral(&self_image()?)?;
-            println!("{}", shown(on, source));
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => bail!("usage: fim-ephemeral on|off|show"),
+    if args == ["show"] {
+        let (on, source) = effective_ephemeral(&self_image()?)?;
+        println!("{}", shown(on, source));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(on) = on_off(&args) else {
+        bail!("usage: fim-ephemeral on|off|show");
     };
     change_reserved(&format!("fim-ephemeral {}", args[0]), move |r| {
         r.set_ephemeral(on);

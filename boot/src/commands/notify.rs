@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::Command;
-use super::args::texts;
+use super::args::{on_off, texts};
 use super::image::change_reserved;
 
 pub const NOTIFY: Command = Command {
@@ -22,15 +22,8 @@ pub const NOTIFY: Command = Command {
 /// `fim-notify on|off`.
 fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let args = texts("fim-notify", args)?;
-    let on = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["on"] => true,
-        ["off"] => false,
-        _ => bail!("usage: fim-notify on|off"),
+    let Some(on) = on_off(&args) else {
+        bail!("usage: fim-notify on|off");
     };
     change_reserved(&format!("fim-notify {}", args[0]), move |r| {
         r.set_notify(on);

@@ -62,13 +62,12 @@ pub fn run(image: Image, overlay: Overlay, launch: Launch) -> anyhow::Result<Exi
         }
     };
     // Held until this launcher exits: layer changes wait for every running instance.
-    let (_running, waited) = if ephemeral {
-        Running::mark_if_present(&places)?.unzip()
+    let running = if ephemeral {
+        Running::mark_if_present(&places)?
     } else {
-        let (running, waited) = Running::mark(&places)?;
-        (Some(running), Some(waited))
+        Some(Running::mark(&places)?)
     };
-    let waited = waited.unwrap_or(false);
+    let waited = running.as_ref().is_some_and(|(_, waited)| *waited);
     debug::log(format!(
         "data directory {}{}",
         places.data.display(),
