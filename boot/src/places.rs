@@ -1,6 +1,8 @@
 //! Where a run keeps its files. The data directory next to the image holds what must
 //! persist (upper and work directories, the session lock); the per-user runtime directory
 //! under `TMPDIR` holds what lives only while instances run (mount points, the socket).
+//! An ephemeral run only reads the data directory and has a session of its own, named
+//! `<key>.e<launcher pid>` in the runtime directory.
 
 use std::ffi::OsString;
 use std::fs::DirBuilder;
@@ -383,6 +385,23 @@ mod tests {
             "{name}"
         );
         assert_eq!(a.parent().unwrap().file_name().unwrap(), "fim");
+    }
+
+    #[test]
+    fn an_ephemeral_run_reads_the_data_dir_beside_the_image_when_it_exists() {
+        if std::env::var_os("FIM_DIR_DATA").is_some() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("app.flatimage");
+        let beside = tmp.path().join(".app.flatimage.data");
+        std::fs::create_dir(&beside).unwrap();
+        // Read-only or not: it is only read.
+        std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o500)).unwrap();
+        assert_eq!(
+            ephemeral_data_dir(&image).unwrap(),
+            beside.canonicalize().unwrap()
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub const EXEC: Command = Command {
            QUIT, USR1, USR2) go to the app; killing the launcher ends the app and everything\n\
            it mounted. FIM_DEBUG=1 logs each step with its duration (and what a permission or\n\
            bind skipped); the session's own later lines go to <data directory>/session.log.\n\
+           FIM_EPHEMERAL=1 (or fim-ephemeral on) makes a run forget what it writes.\n\
            FIM_BWRAP names the bwrap to use.",
     run: Some(exec),
 };

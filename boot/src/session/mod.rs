@@ -3,7 +3,8 @@
 //! The kernel refuses (or corrupts) two overlay mounts sharing an upper directory, so
 //! concurrent instances must share one mount. The daemon lives exactly as long as some
 //! launcher holds a connection: the last one to exit, or be killed, ends it (after a
-//! short linger when it left normally).
+//! short linger when it left normally). An ephemeral launch has a session of its own
+//! (its writes are its own): nobody joins it, and it ends with its launcher.
 //!
 //! How it flows: a launcher takes the user's session lock, connects to the socket of the
 //! image's runtime directory (`connect`), and reads the daemon's greeting (`greeting`);
