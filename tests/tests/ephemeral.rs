@@ -19,6 +19,7 @@ fim_tests::per_backend!(
     a_run_sees_kept_changes_and_forgets_its_own,
     two_ephemeral_runs_at_once_keep_apart,
     a_read_only_image_and_data_directory_run_ephemeral,
+    sigkill_of_an_ephemeral_launcher_leaves_nothing_behind,
 );
 
 fim_tests::for_both!(
@@ -587,4 +588,16 @@ fn without_user_namespaces_an_ephemeral_run_is_refused_in_one_line() {
         &[("FIM_TEST_REFUSE_USERNS", "1"), ("FIM_BWRAP", &bwrap)],
     ));
     out.assert_clean_failure("app.flatimage: an ephemeral run needs a user namespace");
+}
+
+fn sigkill_of_an_ephemeral_launcher_leaves_nothing_behind(backend: &'static str, who: Who) {
+    let Some(app) = app_with_backend("ephemeral_sigkill", who, backend) else {
+        return;
+    };
+    app.run(["fim-ephemeral", "on"]).assert_ok();
+    fim_tests::checks::sigkill_of_the_launcher_leaves_nothing_behind(&app);
+    assert!(
+        !app.data_dir().exists(),
+        "{backend}: no data directory was made"
+    );
 }
