@@ -508,6 +508,25 @@ fn the_setting_its_override_and_its_refusals(who: Who) {
     app.run(["fim-ephemeral", "maybe"])
         .assert_clean_failure("app.flatimage: usage: fim-ephemeral");
 
+    // While an ephemeral run goes on, a commit is refused as while any instance runs.
+    let mut running = app
+        .command(["fim-exec", "sh", "-c", "echo up; sleep 30"])
+        .stdout(Stdio::piped())
+        .spawn_retrying();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(running.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    let mut command = app.command(["fim-layer", "commit"]);
+    command.env("FIM_EPHEMERAL", "0");
+    let refused = fim_tests::run(&mut command);
+    let _ = running.kill();
+    let _ = running.wait();
+    refused.assert_clean_failure("app.flatimage: 1 instance(s) of ");
+    fim_tests::checks::wait_for_the_session_to_end(&app);
+
     app.run(["fim-ephemeral", "off"]).assert_ok();
     assert_eq!(byte_11(&app.image), 0);
     assert_eq!(show(None), "off (default)\n");

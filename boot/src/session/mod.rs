@@ -213,12 +213,22 @@ pub fn refuse_if_running(places: &Places) -> anyhow::Result<NoInstances> {
     }
 }
 
-/// How many instances this user's session of `places` serves, if it can be reached.
+/// How many instances this user's sessions of `places` serve, if they can be reached: the
+/// shared one's, and the ephemeral runs (a session each).
 fn running_instances(places: &Places) -> Option<u32> {
-    let stream = connect_running(&places.socket).ok()??;
-    // Leaving at once is safe: other members keep the session alive.
-    let (member, _) = greeting(stream).ok()??;
-    Some(member.instances.saturating_sub(1))
+    let uid = nix::unistd::geteuid().as_raw();
+    let ephemeral =
+        Places::ephemeral_sessions(&places.image, uid).map_or(0, |sessions| sessions.len() as u32);
+    let shared = connect_running(&places.socket)
+        .ok()
+        .flatten()
+        // Leaving at once is safe: other members keep the session alive.
+        .and_then(|stream| greeting(stream).ok().flatten())
+        .map(|(member, _)| member.instances.saturating_sub(1));
+    match (shared, ephemeral) {
+        (None, 0) => None,
+        (shared, ephemeral) => Some(shared.unwrap_or(0) + ephemeral),
+    }
 }
 
 /// The refusal of a change while instances run.
