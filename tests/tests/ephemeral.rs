@@ -620,3 +620,26 @@ fn sigkill_of_an_ephemeral_launcher_leaves_nothing_behind(backend: &'static str,
         "{backend}: no data directory was made"
     );
 }
+
+#[test]
+fn a_refused_kernel_overlay_falls_back_to_a_backend_that_reads_the_markers() {
+    let Some(app) = app_with_backend("ephemeral_fallback", Who::User, "bwrap") else {
+        return;
+    };
+    app.sh(KEEP).assert_ok();
+    let out = fim_tests::run(&mut ephemeral(
+        &app,
+        &["fim-exec", "sh", "-c", LISTING],
+        &[("FIM_TEST_REFUSE_KERNEL_OVERLAY", "1")],
+    ));
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, KEPT,
+        "the kernel's markers, read by fuse-overlayfs"
+    );
+    assert!(
+        out.stderr.contains("using fuse-overlayfs"),
+        "one line says so: {}",
+        out.stderr
+    );
+}
