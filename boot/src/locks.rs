@@ -9,6 +9,8 @@
 //!
 //! Taking them is here; what to tell the user when one is busy depends on the caller
 //! (the session daemon, a commit), so the `try_` functions answer `None` for "busy".
+//! An ephemeral run creates none of them: it holds `instances` shared only when it is
+//! there, opened read-only, so a data directory on read-only media is never written.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -60,7 +62,22 @@ impl Running {
     /// Marks the caller as a running instance. When a layer change holds the lock this
     /// waits for it to end and answers `true`: the change may have replaced the image.
     pub fn mark(places: &Places) -> anyhow::Result<(Running, bool)> {
-        let file = lock_file(&places.instances_lock)?;
+        Self::share(lock_file(&places.instances_lock)?)
+    }
+
+    /// As [`Running::mark`] for an ephemeral run, which changes nothing in the data
+    /// directory: the lock is opened read-only, and `None` when it does not exist.
+    pub fn mark_if_present(places: &Places) -> anyhow::Result<Option<(Running, bool)>> {
+        match File::open(&places.instances_lock) {
+            Ok(file) => Self::share(file).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot open {}", places.instances_lock.display()))
+            }
+        }
+    }
+
+    fn share(file: File) -> anyhow::Result<(Running, bool)> {
         match Flock::lock(file, FlockArg::LockSharedNonblock) {
             Ok(lock) => Ok((Running(lock), false)),
             Err((file, Errno::EWOULDBLOCK)) => {

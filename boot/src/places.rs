@@ -1,6 +1,8 @@
 //! Where a run keeps its files. The data directory next to the image holds what must
 //! persist (upper and work directories, the session lock); the per-user runtime directory
 //! under `TMPDIR` holds what lives only while instances run (mount points, the socket).
+//! An ephemeral run only reads the data directory and has a session of its own, named
+//! `<key>.e<launcher pid>` in the runtime directory.
 
 use std::ffi::OsString;
 use std::fs::DirBuilder;
@@ -37,6 +39,10 @@ pub struct Places {
     pub layers: PathBuf,
     /// Mount point of the writable view (overlay) that becomes the sandbox's `/`.
     pub root: PathBuf,
+    /// Mount point of an ephemeral run's tmpfs (its upper and work directories).
+    pub scratch: PathBuf,
+    /// Mount point of an ephemeral run's read-only bind of the data directory.
+    pub read_only_data: PathBuf,
     /// One record per running instance (`fim-instance`).
     pub instances: PathBuf,
 }
@@ -49,7 +55,47 @@ impl Places {
         create_dir(&data.join("work"), 0o700)?;
         let runtime = runtime_base().join(format!("fim-{uid}"));
         ensure_private_dir(&runtime, uid)?;
-        Self::at(image, data, &runtime)
+        let key = session_key(&data);
+        Self::at(image, data, &runtime, key)
+    }
+
+    /// The places of an ephemeral run of `image`, creating only the runtime directory:
+    /// its own session (named after the data directory and this launcher), and the data
+    /// directory a normal run would use, read-only here, so one beside the image counts
+    /// even when it cannot be written. It need not exist.
+    pub fn ephemeral(image: &Path, uid: u32) -> anyhow::Result<Places> {
+        let data = ephemeral_data_dir(image)?;
+        let runtime = runtime_base().join(format!("fim-{uid}"));
+        ensure_private_dir(&runtime, uid)?;
+        let key = format!(
+            "{}{EPHEMERAL_MARK}{}",
+            session_key(&data),
+            std::process::id()
+        );
+        Self::at(image, data, &runtime, key)
+    }
+
+    /// The instance directories of the running ephemeral sessions of `image`, with the
+    /// launcher pid that names each.
+    pub fn ephemeral_sessions(image: &Path, uid: u32) -> anyhow::Result<Vec<(u32, PathBuf)>> {
+        let prefix = format!(
+            "{}{EPHEMERAL_MARK}",
+            session_key(&ephemeral_data_dir(image)?)
+        );
+        let runtime = runtime_base().join(format!("fim-{uid}"));
+        let Ok(entries) = std::fs::read_dir(&runtime) else {
+            return Ok(Vec::new());
+        };
+        let mut sessions: Vec<(u32, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let pid = name.to_str()?.strip_prefix(&prefix)?.parse().ok()?;
+                Some((pid, e.path().join("instances")))
+            })
+            .collect();
+        sessions.sort();
+        Ok(sessions)
     }
 
     /// The places of `image` if it has run here before, creating nothing: `None` when
@@ -61,11 +107,11 @@ impl Places {
             return Ok(None);
         };
         ensure_private_dir(&runtime, uid)?;
-        Self::at(image, data, &runtime).map(Some)
+        let key = session_key(&data);
+        Self::at(image, data, &runtime, key).map(Some)
     }
 
-    fn at(image: &Path, data: PathBuf, runtime: &Path) -> anyhow::Result<Places> {
-        let key = session_key(&data);
+    fn at(image: &Path, data: PathBuf, runtime: &Path, key: String) -> anyhow::Result<Places> {
         let instance = runtime.join(&key);
         check_mount_path(&instance)?;
         let socket = instance.join("sock");
@@ -83,6 +129,8 @@ impl Places {
             session_lock: runtime.join("lock"),
             layers: instance.join("layers"),
             root: instance.join("root"),
+            scratch: instance.join("scratch"),
+            read_only_data: instance.join("data"),
             instances: instance.join("instances"),
             socket,
             instance,
@@ -113,7 +161,13 @@ impl Places {
                 first = first.and(removed);
             }
         }
-        for dir in [&self.instances, &self.layers, &self.root] {
+        for dir in [
+            &self.instances,
+            &self.layers,
+            &self.root,
+            &self.scratch,
+            &self.read_only_data,
+        ] {
             first = first.and(remove(dir, std::fs::remove_dir(dir)));
         }
         first
@@ -172,6 +226,23 @@ fn chosen_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
         fallback.display()
     ));
     Ok(fallback)
+}
+
+/// What follows the data directory's key in an ephemeral session's name, before the pid.
+const EPHEMERAL_MARK: &str = ".e";
+
+/// The data directory an ephemeral run reads: `FIM_DIR_DATA`, else `.<name>.data` beside
+/// the image when it exists (writable or not), else the one a normal run would use;
+/// canonical when it exists, as named when it does not.
+fn ephemeral_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
+    let beside = default_data_dir(image)?;
+    let chosen = if std::env::var_os("FIM_DIR_DATA").is_none_or(|v| v.is_empty()) && beside.is_dir()
+    {
+        beside
+    } else {
+        chosen_data_dir(image)?
+    };
+    Ok(chosen.canonicalize().unwrap_or(chosen))
 }
 
 /// Whether this user can create files in `dir` (a read-only mount says no).
@@ -314,6 +385,23 @@ mod tests {
             "{name}"
         );
         assert_eq!(a.parent().unwrap().file_name().unwrap(), "fim");
+    }
+
+    #[test]
+    fn an_ephemeral_run_reads_the_data_dir_beside_the_image_when_it_exists() {
+        if std::env::var_os("FIM_DIR_DATA").is_some() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("app.flatimage");
+        let beside = tmp.path().join(".app.flatimage.data");
+        std::fs::create_dir(&beside).unwrap();
+        // Read-only or not: it is only read.
+        std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o500)).unwrap();
+        assert_eq!(
+            ephemeral_data_dir(&image).unwrap(),
+            beside.canonicalize().unwrap()
+        );
     }
 
     #[test]

@@ -161,6 +161,7 @@ impl Reserved {
             return Err(ReservedError::UnknownOverlayByte(overlay));
         }
         read_bool(bytes, "casefold", CASEFOLD_OFFSET)?;
+        let ephemeral = read_bool(bytes, "ephemeral", EPHEMERAL_OFFSET)?;
         let unshare = read_u16(bytes, UNSHARE_OFFSET);
         if unshare & !Unshare::all().bits() != 0 {
             return Err(ReservedError::UnknownUnshareBits(
@@ -195,7 +196,7 @@ impl Reserved {
                 Region::Origin => parsed.origin = Some(Origin::decode(payload).map_err(wrap)?),
             }
         }
-        let expected = needed_version(&parsed);
+        let expected = needed_version(&parsed, ephemeral);
         if version != expected {
             return Err(ReservedError::WrongVersion {
                 found: version,
@@ -245,6 +246,17 @@ impl Reserved {
 
     pub fn set_casefold(&mut self, on: bool) {
         self.bytes[CASEFOLD_OFFSET] = u8::from(on);
+    }
+
+    /// Whether runs forget their writes (layout version 3).
+    pub fn ephemeral(&self) -> bool {
+        self.bytes[EPHEMERAL_OFFSET] == 1
+    }
+
+    /// Turning it on makes the block layout version 3; off, the lowest version again.
+    pub fn set_ephemeral(&mut self, on: bool) {
+        self.bytes[EPHEMERAL_OFFSET] = u8::from(on);
+        self.record_version();
     }
 
     /// `None` means unset: the launcher picks its default.
@@ -362,9 +374,14 @@ impl Reserved {
         let payload = origin.map(Origin::encode).transpose()?.unwrap_or_default();
         self.write_region(Region::Origin, &payload)?;
         self.parsed.origin = origin.cloned();
-        let version = needed_version(&self.parsed);
-        write(&mut self.bytes, VERSION_OFFSET, &version.to_le_bytes());
+        self.record_version();
         Ok(())
+    }
+
+    /// Writes the lowest layout version that describes the block.
+    fn record_version(&mut self) {
+        let version = needed_version(&self.parsed, self.ephemeral());
+        write(&mut self.bytes, VERSION_OFFSET, &version.to_le_bytes());
     }
 
     /// The layout version this block records.
@@ -382,6 +399,7 @@ impl Reserved {
             notify: self.notify(),
             overlay: self.overlay(),
             casefold: self.casefold(),
+            ephemeral: self.ephemeral(),
             unshare: self.unshare().names(),
             boot: self.boot(),
             environment: self.env(),
@@ -428,9 +446,11 @@ impl Reserved {
     }
 }
 
-/// The lowest layout version that holds what `parsed` holds.
-fn needed_version(parsed: &Parsed) -> u32 {
-    if parsed.origin.is_some() {
+/// The lowest layout version that holds what `parsed` and the ephemeral byte hold.
+fn needed_version(parsed: &Parsed, ephemeral: bool) -> u32 {
+    if ephemeral {
+        3
+    } else if parsed.origin.is_some() {
         2
     } else {
         FIRST_LAYOUT_VERSION
@@ -482,6 +502,7 @@ mod tests {
         r.set_permissions(Permissions::all());
         r.set_notify(true);
         r.set_casefold(true);
+        r.set_ephemeral(true);
         r.set_overlay(Some(Overlay::Overlayfs));
         r.set_unshare(Unshare::user | Unshare::pid | Unshare::cgroup);
         r.set_boot(Some(
@@ -520,7 +541,7 @@ mod tests {
     fn new_block_has_every_setting_off_or_unset() {
         let r = Reserved::new();
         assert_eq!(r.permissions(), Permissions::empty());
-        assert!(!r.notify() && !r.casefold());
+        assert!(!r.notify() && !r.casefold() && !r.ephemeral());
         assert_eq!(r.overlay(), None);
         assert_eq!(r.unshare(), Unshare::empty());
         assert_eq!(r.boot(), None);
@@ -563,6 +584,63 @@ mod tests {
         r.set_casefold(true);
         assert_eq!(r.to_bytes()[10], 1);
         assert_eq!(r.to_bytes()[11..16], [0; 5]);
+    }
+
+    #[test]
+    fn ephemeral_is_byte_11_and_makes_the_block_version_3() {
+        let plain = Reserved::new().to_bytes();
+        let mut r = Reserved::new();
+        r.set_ephemeral(true);
+        assert!(r.ephemeral());
+        let bytes = r.to_bytes();
+        assert_eq!(bytes[EPHEMERAL_OFFSET], 1);
+        assert_eq!(bytes[12..16], [0; 4]);
+        assert_eq!(read_u32(&bytes, VERSION_OFFSET), 3);
+        let back = Reserved::decode(&bytes).unwrap();
+        assert!(back.ephemeral());
+        assert_eq!(back.summary().layout_version, 3);
+        r.set_ephemeral(false);
+        assert_eq!(r.to_bytes(), plain, "off again is version 1, as before");
+    }
+
+    #[test]
+    fn ephemeral_off_keeps_the_version_an_origin_needs() {
+        let mut r = Reserved::new();
+        r.set_origin(Some(&origin())).unwrap();
+        r.set_ephemeral(true);
+        assert_eq!(r.layout_version(), 3);
+        r.set_ephemeral(false);
+        assert_eq!(r.layout_version(), 2);
+        r.set_ephemeral(true);
+        r.set_origin(None).unwrap();
+        assert_eq!(r.layout_version(), 3, "ephemeral alone still needs 3");
+        assert!(Reserved::decode(&r.to_bytes()).is_ok());
+    }
+
+    #[test]
+    fn version_3_needs_ephemeral_on_and_older_versions_need_byte_11_zero() {
+        let mut bytes = Reserved::new().to_bytes();
+        write(&mut bytes, VERSION_OFFSET, &3u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert_eq!(
+            Reserved::decode(&bytes),
+            Err(ReservedError::WrongVersion {
+                found: 3,
+                expected: 1
+            })
+        );
+        let mut on = Reserved::new();
+        on.set_ephemeral(true);
+        let mut bytes = on.to_bytes();
+        write(&mut bytes, VERSION_OFFSET, &1u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert_eq!(
+            Reserved::decode(&bytes),
+            Err(ReservedError::WrongVersion {
+                found: 1,
+                expected: 3
+            })
+        );
     }
 
     #[test]
@@ -620,11 +698,11 @@ mod tests {
     #[test]
     fn decode_rejects_other_layout_version_and_block_size() {
         let mut bytes = Reserved::new().to_bytes();
-        write(&mut bytes, VERSION_OFFSET, &3u32.to_le_bytes());
+        write(&mut bytes, VERSION_OFFSET, &4u32.to_le_bytes());
         reseal(&mut bytes);
         assert_eq!(
             Reserved::decode(&bytes).unwrap_err().to_string(),
-            "reserved block: unsupported layout version 3 (this build reads versions 1 to 2)"
+            "reserved block: unsupported layout version 4 (this build reads versions 1 to 3)"
         );
         let mut bytes = Reserved::new().to_bytes();
         write(&mut bytes, SIZE_OFFSET, &4_194_304u32.to_le_bytes());
@@ -700,7 +778,11 @@ mod tests {
 
     #[test]
     fn decode_rejects_non_boolean_notify_and_casefold() {
-        for (offset, field) in [(NOTIFY_OFFSET, "notify"), (CASEFOLD_OFFSET, "casefold")] {
+        for (offset, field) in [
+            (NOTIFY_OFFSET, "notify"),
+            (CASEFOLD_OFFSET, "casefold"),
+            (EPHEMERAL_OFFSET, "ephemeral"),
+        ] {
             let mut bytes = Reserved::new().to_bytes();
             bytes[offset] = 2;
             reseal(&mut bytes);
@@ -998,7 +1080,7 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.to_bytes(), bytes);
         assert_eq!(back.permissions(), Permissions::all());
-        assert!(back.notify() && back.casefold());
+        assert!(back.notify() && back.casefold() && back.ephemeral());
         assert_eq!(back.overlay(), Some(Overlay::Overlayfs));
         assert_eq!(
             back.unshare(),

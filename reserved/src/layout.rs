@@ -13,19 +13,21 @@ pub const NOTIFY_OFFSET: usize = 8;
 pub const OVERLAY_OFFSET: usize = 9;
 /// `u8`: 0 off, 1 on.
 pub const CASEFOLD_OFFSET: usize = 10;
-/// Zero bytes between the FlatImage-compatible head and the magic.
-pub const HEAD_PADDING_OFFSET: usize = 11;
-pub const HEAD_PADDING_SIZE: usize = 5;
+/// `u8`: 0 off, 1 on (layout version 3): runs forget their writes.
+pub const EPHEMERAL_OFFSET: usize = 11;
+/// Zero bytes between the head's flags and the magic.
+pub const HEAD_PADDING_OFFSET: usize = 12;
+pub const HEAD_PADDING_SIZE: usize = 4;
 
 pub const MAGIC_OFFSET: usize = 16;
 /// Identifies a fim reserved block (and tells it apart from a FlatImage one).
 pub const MAGIC: [u8; 8] = *b"FIMCONF\0";
 
 pub const VERSION_OFFSET: usize = 24;
-/// The newest layout this crate reads and writes. Version 2 added the origin region;
-/// a block records the lowest version that describes it, so a block without an origin
-/// is written as version 1, byte for byte as before.
-pub const LAYOUT_VERSION: u32 = 2;
+/// The newest layout this crate reads and writes. Version 2 added the origin region,
+/// version 3 the ephemeral byte; a block records the lowest version that describes it,
+/// so a block using neither is written as version 1, byte for byte as before.
+pub const LAYOUT_VERSION: u32 = 3;
 /// The oldest layout this crate reads.
 pub const FIRST_LAYOUT_VERSION: u32 = 1;
 
@@ -136,6 +138,12 @@ pub const FIELDS: &[FieldSpec] = &[
         description: "u8: 0 off, 1 on (FlatImage-compatible)",
     },
     FieldSpec {
+        name: "ephemeral",
+        offset: EPHEMERAL_OFFSET,
+        size: 1,
+        description: "u8 (layout 3): 0 off, 1 on",
+    },
+    FieldSpec {
         name: "head_padding",
         offset: HEAD_PADDING_OFFSET,
         size: HEAD_PADDING_SIZE,
@@ -151,7 +159,7 @@ pub const FIELDS: &[FieldSpec] = &[
         name: "layout_version",
         offset: VERSION_OFFSET,
         size: 4,
-        description: "u32 LE: 1, or 2 when the origin region is set",
+        description: "u32 LE: 3 when ephemeral is on, else 2 when the origin region is set, else 1",
     },
     FieldSpec {
         name: "block_size",

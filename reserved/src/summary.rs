@@ -17,6 +17,8 @@ pub struct ReservedSummary {
     pub notify: bool,
     pub overlay: Option<Overlay>,
     pub casefold: bool,
+    /// Runs forget their writes (layout version 3).
+    pub ephemeral: bool,
     pub unshare: Vec<&'static str>,
     pub boot: Option<BootCommand>,
     pub environment: Vec<EnvVar>,

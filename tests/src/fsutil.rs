@@ -223,3 +223,20 @@ impl Drop for HostMount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A setuid-root copy of the host's bwrap in `dir`, if this machine allows one there.
+pub fn setuid_bwrap(dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = which("bwrap")?;
+    let copy = dir.join("setuid-bwrap");
+    std::fs::copy(host, &copy).ok()?;
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).ok()?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).ok()?;
+    // A nosuid mount would ignore the bit.
+    let path = std::ffi::CString::new(copy.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs for the kernel to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a live statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0 && stat.f_flag & libc::ST_NOSUID == 0).then_some(copy)
+}

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 
 use fim_tests::checks::{wait_for, wait_for_the_session_to_end};
-use fim_tests::sandbox::{App, Extra, Who, app_with_backend, base_image_with, setuid_bwrap};
+use fim_tests::fsutil::setuid_bwrap;
+use fim_tests::sandbox::{App, Extra, Who, app_with_backend, base_image_with};
 use fim_tests::{layout, run, skip};
 
 /// Offset of the casefold byte in the reserved block (FlatImage's offset).

@@ -7,7 +7,7 @@ use std::process::Command;
 use fim_tests::fsutil::HostMount;
 use fim_tests::image::inspect_json;
 use fim_tests::run::SpawnRetrying;
-use fim_tests::sandbox::{App, Who, base_image, setuid_bwrap};
+use fim_tests::sandbox::{App, Who, base_image};
 use fim_tests::{build_with, checks, run, skip, tempdir, which};
 
 /// A directory holding nothing: a `PATH` without bwrap or any other host program.
@@ -458,7 +458,7 @@ fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
         skip("no user namespaces: fuse-overlayfs or fusermount3 is not installed");
         return;
     }
-    let Some(bwrap) = setuid_bwrap(app.dir.path()) else {
+    let Some(bwrap) = fim_tests::fsutil::setuid_bwrap(app.dir.path()) else {
         skip("no user namespaces: a setuid bwrap cannot be made here");
         return;
     };

@@ -42,6 +42,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_switch_is_exactly_one_word_on_or_off() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let switch = super::super::image::switch;
+        assert_eq!(switch(&words(&["on"])), Some(true));
+        assert_eq!(switch(&words(&["off"])), Some(false));
+        for bad in [&[][..], &["On"], &["on", "off"], &["1"]] {
+            assert_eq!(switch(&words(bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn plain_words_are_shown_as_they_are() {
         assert_eq!(quoted("/bin/sh"), "/bin/sh");
         assert_eq!(quoted("--level=3"), "--level=3");

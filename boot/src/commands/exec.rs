@@ -11,6 +11,7 @@ use fim_reserved::BootCommand;
 
 use super::Command;
 use super::casefold::effective_casefold;
+use super::ephemeral::writable;
 use super::image::self_image;
 use super::overlay::effective_overlay;
 use crate::debug;
@@ -50,6 +51,7 @@ pub const EXEC: Command = Command {
            QUIT, USR1, USR2) go to the app; killing the launcher ends the app and everything\n\
            it mounted. FIM_DEBUG=1 logs each step with its duration (and what a permission or\n\
            bind skipped); the session's own later lines go to <data directory>/session.log.\n\
+           FIM_EPHEMERAL=1 (or fim-ephemeral on) makes a run forget what it writes.\n\
            FIM_BWRAP names the bwrap to use.",
     run: Some(exec),
 };
@@ -130,7 +132,17 @@ fn run_in(image: Image, command: Vec<OsString>, as_root: bool) -> anyhow::Result
     debug::log(format!("overlay {overlay} (from {source:?})"));
     let (casefold, source) = effective_casefold(&image)?;
     debug::log(format!("casefold {casefold} (from {source:?})"));
-    run::run(image, (overlay, casefold), Launch { command, as_root })
+    let writable = writable(&image)?;
+    debug::log(format!("writable view: {writable:?}"));
+    run::run(
+        image,
+        (overlay, casefold),
+        Launch {
+            command,
+            as_root,
+            writable,
+        },
+    )
 }
 
 #[cfg(test)]

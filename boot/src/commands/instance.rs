@@ -19,7 +19,8 @@ pub const INSTANCE: Command = Command {
     help: "`list` shows each instance: ID, launcher pid, start time (UTC) and command.\n\
            `exec` runs PROGRAM inside instance ID: in its namespaces, with its root, working\n\
            directory and environment, so it sees what that instance sees, its private /tmp\n\
-           included. The exit status is PROGRAM's.",
+           included. The exit status is PROGRAM's. An ephemeral run (fim-ephemeral) is\n\
+           listed with the ID e<launcher pid>; exec into it sees its writes.",
     run: Some(run),
 };
 
@@ -40,10 +41,7 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
         }
         Some("exec") if args.len() >= 3 => {
             let wanted = args[1].to_string_lossy();
-            let Some((_, record)) = listing()?
-                .into_iter()
-                .find(|(id, _)| id.to_string() == wanted)
-            else {
+            let Some((_, record)) = listing()?.into_iter().find(|(id, _)| *id == wanted) else {
                 bail!("fim-instance exec: no running instance '{wanted}' (see fim-instance list)");
             };
             instance::exec(&record, &args[2..])
@@ -52,11 +50,24 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The running instances of this image started by this user, by ID.
-fn listing() -> anyhow::Result<Vec<(u32, Record)>> {
+/// The running instances of this image started by this user, by ID: those of the shared
+/// session, then the ephemeral runs, each in a session of its own, as `e<launcher pid>`.
+fn listing() -> anyhow::Result<Vec<(String, Record)>> {
     let image = self_image()?;
     let uid = nix::unistd::getuid().as_raw();
-    Ok(Places::existing(image.path(), uid)?
+    let shared = Places::existing(image.path(), uid)?
         .map(|places| instance::list(&places.instances))
-        .unwrap_or_default())
+        .unwrap_or_default();
+    let mut all: Vec<(String, Record)> = shared
+        .into_iter()
+        .map(|(id, record)| (id.to_string(), record))
+        .collect();
+    for (pid, instances) in Places::ephemeral_sessions(image.path(), uid)? {
+        all.extend(
+            instance::list(&instances)
+                .into_iter()
+                .map(|(_, record)| (format!("e{pid}"), record)),
+        );
+    }
+    Ok(all)
 }

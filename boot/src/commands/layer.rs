@@ -11,6 +11,7 @@ use fim_image::{ChangeLock, Image, ImageWriter};
 use fim_layers::{BlockCache, BuildOptions, Layer, Stack, extract, hex};
 
 use super::Command;
+use super::ephemeral::effective_ephemeral;
 use super::image::self_path;
 use crate::commit::{self, Target};
 use crate::durable;
@@ -61,6 +62,7 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     match (verb, rest) {
         (Some("commit"), rest) => {
             let (target, excludes) = commit_args(rest)?;
+            refuse_if_ephemeral(&Image::open(image_path)?)?;
             let places = places()?;
             let change = ChangeLock::acquire(&places.image)?;
             let instances = session::refuse_if_running(&places)?;
@@ -85,6 +87,20 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
         _ => bail!("{USAGE}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An ephemeral run keeps nothing to commit, and its view is not the upper directory.
+fn refuse_if_ephemeral(image: &Image) -> anyhow::Result<()> {
+    if let (true, source) = effective_ephemeral(image)? {
+        let how = match source {
+            super::overlay::Source::Environment => "FIM_EPHEMERAL=1 is set",
+            _ => "the image is set to run ephemeral (fim-ephemeral on)",
+        };
+        bail!(
+            "fim-layer commit: {how}, so runs keep no changes to commit; to commit the data directory's kept changes, run FIM_EPHEMERAL=0 with it"
+        );
+    }
+    Ok(())
 }
 
 /// `commit`'s words: the target, and the `--exclude` patterns in any place among them.

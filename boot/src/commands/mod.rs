@@ -17,6 +17,7 @@ mod boot;
 mod casefold;
 mod desktop;
 mod env;
+mod ephemeral;
 mod exec;
 mod flags;
 mod help;
@@ -66,6 +67,7 @@ pub const COMMANDS: &[&Command] = &[
     &instance::INSTANCE,
     &notify::NOTIFY,
     &overlay::OVERLAY,
+    &ephemeral::EPHEMERAL,
     &help::HELP,
     &version::VERSION,
     &casefold::CASEFOLD,

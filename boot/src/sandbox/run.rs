@@ -27,7 +27,7 @@ use crate::locks::Running;
 use crate::places::Places;
 use crate::session::{self, namespaces};
 use crate::tools;
-use crate::view::{Isolation, layer_stack};
+use crate::view::{Isolation, Writable, layer_stack};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct Launch {
     pub command: Vec<OsString>,
     /// Run as uid 0 with the image's system directories writable (`fim-root`).
     pub as_root: bool,
+    /// Where its writes go: the data directory, or memory (an ephemeral run).
+    pub writable: Writable,
 }
 
 pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Result<ExitCode> {
@@ -52,12 +54,31 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
     // As the user, before any namespace: the files are the user's.
     crate::desktop::keep_current(image.path(), &config);
 
+    let ephemeral = matches!(launch.writable, Writable::Ephemeral(_));
     let places = {
         let _step = Step::new("prepare the data and runtime directories");
-        Places::prepare(image.path(), uid)?
+        if ephemeral {
+            Places::ephemeral(image.path(), uid)?
+        } else {
+            Places::prepare(image.path(), uid)?
+        }
     };
     // Held until this launcher exits: layer changes wait for every running instance.
-    let (_running, waited) = Running::mark(&places)?;
+    let running = if ephemeral {
+        Running::mark_if_present(&places)?
+    } else {
+        Some(Running::mark(&places)?)
+    };
+    let waited = running.as_ref().is_some_and(|(_, waited)| *waited);
+    debug::log(format!(
+        "data directory {}{}",
+        places.data.display(),
+        if ephemeral {
+            " (ephemeral: read-only, writes in memory)"
+        } else {
+            ""
+        }
+    ));
     // A layer change may have replaced the image meanwhile.
     let image = if waited {
         Image::open(&places.image)?
@@ -68,7 +89,13 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         let _step = Step::new("open the managed and FIM_LAYERS layers");
         layer_stack::extra_layers(&places.data)?
     };
-    let membership = session::connect(&image, &extras, &places, (uid, gid), wanted)?;
+    let membership = session::connect(
+        &image,
+        &extras,
+        &places,
+        (uid, gid),
+        (wanted.0, wanted.1, launch.writable),
+    )?;
     let isolation = {
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?

@@ -39,7 +39,7 @@ use crate::places::Places;
 use crate::view::extracted::Report;
 use crate::view::fuse_backend::millis;
 use crate::view::layer_stack::{self, LayerFile};
-use crate::view::{Layers, View};
+use crate::view::{Layers, View, Writable};
 
 /// How long a session outlives its last launcher when that one ended normally: a
 /// relaunch within it finds the layers mounted and their caches warm. A launcher that was
@@ -57,7 +57,7 @@ pub fn spawn(
     places: &Places,
     (uid, gid): (u32, u32),
     identity: &str,
-    wanted: (Overlay, bool),
+    wanted: (Overlay, bool, Writable),
 ) -> anyhow::Result<UnixStream> {
     let (ours, theirs) = UnixStream::pair().context("cannot create a socket pair")?;
     // Buffered output would otherwise be written twice, once by each process.
@@ -88,12 +88,12 @@ fn daemon_main(
     places: &Places,
     (uid, gid): (u32, u32),
     identity: &str,
-    wanted: (Overlay, bool),
+    want: (Overlay, bool, Writable),
     mut first: UnixStream,
 ) -> i32 {
     let _ = setsid();
     detach(&first);
-    match Daemon::set_up(stack, places, (uid, gid), identity, wanted, &mut first) {
+    match Daemon::set_up(stack, places, (uid, gid), identity, want, &mut first) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
             remove_session_files(places);
@@ -128,14 +128,18 @@ struct Daemon<'a> {
     signals: SignalFd,
     /// The layers and the writable view over them.
     view: View,
-    /// Held for the daemon's life: one session per data directory.
-    data_lock: DataLock,
+    /// Held for the daemon's life: one session per data directory. An ephemeral session
+    /// only reads it, and takes nothing there.
+    data_lock: Option<DataLock>,
     /// The backend asked for (the view's may differ after a fallback).
     wanted: Overlay,
     /// Whether the casefold view is on.
     casefold: bool,
     /// Why the view's backend is not `wanted`, for the launcher that started the session.
     notice: Option<String>,
+    /// How long the session outlives its last launcher: an ephemeral one not at all, as
+    /// no other launch may join it.
+    linger: Duration,
 }
 
 impl<'a> Daemon<'a> {
@@ -144,18 +148,25 @@ impl<'a> Daemon<'a> {
         places: &'a Places,
         (uid, gid): (u32, u32),
         identity: &str,
-        (wanted, casefold): (Overlay, bool),
+        (wanted, casefold, writable): (Overlay, bool, Writable),
         first: &mut UnixStream,
     ) -> anyhow::Result<Self> {
-        let Some(data_lock) = DataLock::try_take(places)? else {
-            bail!(
-                "the data directory {} is in use by another session of this image (another user, or another TMPDIR); close it first",
-                places.data.display()
-            );
+        let data_lock = match writable {
+            Writable::Persistent => {
+                let Some(data_lock) = DataLock::try_take(places)? else {
+                    bail!(
+                        "the data directory {} is in use by another session of this image (another user, or another TMPDIR); close it first",
+                        places.data.display()
+                    );
+                };
+                // A commit killed half way is finished (or forgotten) before the upper
+                // directory is mounted again. (Read as it is, either state shows the same
+                // files: an ephemeral view leaves it to the next normal run.)
+                journal::recover(places, layers.image)?;
+                Some(data_lock)
+            }
+            Writable::Ephemeral(_) => None,
         };
-        // A commit killed half way is finished (or forgotten) before the upper directory
-        // is mounted again.
-        journal::recover(places, layers.image)?;
         for dir in [
             &places.instance,
             &places.layers,
@@ -198,7 +209,7 @@ impl<'a> Daemon<'a> {
             places,
             (uid, gid),
             isolation,
-            (wanted, casefold),
+            (wanted, casefold, &writable),
         )?;
 
         let listener = match UnixListener::bind(&places.socket)
@@ -220,6 +231,10 @@ impl<'a> Daemon<'a> {
             casefold,
             notice: view.notice.take(),
             view,
+            linger: match writable {
+                Writable::Persistent => LINGER,
+                Writable::Ephemeral(_) => Duration::ZERO,
+            },
         })
     }
 
@@ -231,7 +246,7 @@ impl<'a> Daemon<'a> {
         }
         self.admit(first, &mut clients, identity);
         // The first launcher has its answer: from now on, nothing of its stays open here.
-        log_elsewhere(self.places);
+        log_elsewhere(self.places, self.data_lock.is_some());
         // Set while lingering after the last launcher left cleanly.
         let mut linger_until: Option<Instant> = None;
         loop {
@@ -327,7 +342,7 @@ impl<'a> Daemon<'a> {
                         // the next launch if it was the last one.
                         clients.swap_remove(i);
                         if clients.is_empty() {
-                            linger_until = Some(Instant::now() + LINGER);
+                            linger_until = Some(Instant::now() + self.linger);
                         }
                     }
                     Ok(_) if byte[0] == QUIT && clients.len() == 1 => {
@@ -431,12 +446,16 @@ impl<'a> Daemon<'a> {
 
 /// Under `FIM_DEBUG`, sends the daemon's further lines to `<data>/session.log` (made anew
 /// by each session, 0600) instead of the first launcher's standard error, which would
-/// otherwise stay open as long as the session lives.
-fn log_elsewhere(places: &Places) {
+/// otherwise stay open as long as the session lives. An ephemeral session writes nothing
+/// in the data directory: its lines go to `ephemeral-session.log` in the runtime directory.
+fn log_elsewhere(places: &Places, persistent: bool) {
     if !debug::enabled() {
         return;
     }
-    let path = places.data.join("session.log");
+    let path = match (persistent, places.instance.parent()) {
+        (false, Some(runtime)) => runtime.join("ephemeral-session.log"),
+        _ => places.data.join("session.log"),
+    };
     debug::log(format!("daemon: further lines go to {}", path.display()));
     let opened = OpenOptions::new()
         .create(true)

@@ -3,7 +3,8 @@
 //! The kernel refuses (or corrupts) two overlay mounts sharing an upper directory, so
 //! concurrent instances must share one mount. The daemon lives exactly as long as some
 //! launcher holds a connection: the last one to exit, or be killed, ends it (after a
-//! short linger when it left normally).
+//! short linger when it left normally). An ephemeral launch has a session of its own
+//! (its writes are its own): nobody joins it, and it ends with its launcher.
 //!
 //! How it flows: a launcher takes the user's session lock, connects to the socket of the
 //! image's runtime directory (`connect`), and reads the daemon's greeting (`greeting`);
@@ -31,6 +32,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use crate::debug::{self, Step};
 use crate::locks::{DataLock, NoInstances, lock_file};
 use crate::places::Places;
+use crate::view::Writable;
 use crate::view::layer_stack::{self, LayerFile};
 use greeting::{Greeting, LEAVING, QUIT};
 
@@ -93,7 +95,7 @@ pub fn connect(
     extras: &[LayerFile],
     places: &Places,
     (uid, gid): (u32, u32),
-    (wanted, casefold): (Overlay, bool),
+    (wanted, casefold, writable): (Overlay, bool, Writable),
 ) -> anyhow::Result<Membership> {
     let identity = layer_stack::identity(image, extras);
     let lock = lock_file(&places.session_lock)?;
@@ -143,7 +145,7 @@ pub fn connect(
         places,
         (uid, gid),
         &identity,
-        (wanted, casefold),
+        (wanted, casefold, writable),
     )?;
     match greeting(stream)? {
         Some(member) => check_identity(member, &identity, (wanted, casefold), places),
@@ -230,12 +232,22 @@ pub fn refuse_if_running(places: &Places) -> anyhow::Result<NoInstances> {
     }
 }
 
-/// How many instances this user's session of `places` serves, if it can be reached.
+/// How many instances this user's sessions of `places` serve, if they can be reached: the
+/// shared one's, and the ephemeral runs (a session each).
 fn running_instances(places: &Places) -> Option<u32> {
-    let stream = connect_running(&places.socket).ok()??;
-    // Leaving at once is safe: other members keep the session alive.
-    let (member, _) = greeting(stream).ok()??;
-    Some(member.instances.saturating_sub(1))
+    let uid = nix::unistd::geteuid().as_raw();
+    let ephemeral =
+        Places::ephemeral_sessions(&places.image, uid).map_or(0, |sessions| sessions.len() as u32);
+    let shared = connect_running(&places.socket)
+        .ok()
+        .flatten()
+        // Leaving at once is safe: other members keep the session alive.
+        .and_then(|stream| greeting(stream).ok().flatten())
+        .map(|(member, _)| member.instances.saturating_sub(1));
+    match (shared, ephemeral) {
+        (None, 0) => None,
+        (shared, ephemeral) => Some(shared.unwrap_or(0) + ephemeral),
+    }
 }
 
 /// The refusal of a change while instances run.

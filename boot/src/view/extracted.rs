@@ -78,7 +78,8 @@ fn max_bytes() -> anyhow::Result<u64> {
     }
 }
 
-fn parse_size(text: &str) -> Option<u64> {
+/// Bytes, or a number with a K, M, G or T suffix (powers of 1024).
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
     let (digits, shift) = match t.chars().last()?.to_ascii_uppercase() {
         'K' => (&t[..t.len() - 1], 10),

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::Isolation;
-use super::overlay::{option_path, prepare_upper, tool};
+use super::overlay::{Branches, prepare_upper, tool};
 use crate::debug;
 use crate::places::Places;
 use crate::tools::{Program, Tool};
@@ -84,23 +84,26 @@ pub struct FuseContext {
     pub isolation: Isolation,
 }
 
-/// Starts the FUSE backend `overlay` on `places.root` and returns once it is mounted.
+/// Starts the FUSE backend `overlay` over `branches` (the merged layers at `lower`,
+/// lowest) on `places.root` and returns once it is mounted.
 pub fn mount_fuse(
     places: &Places,
+    branches: &Branches,
     lower: &Path,
     context: FuseContext,
     overlay: Overlay,
     program: &Program,
 ) -> anyhow::Result<Helper> {
     let (uid, gid) = context.ids;
-    prepare_upper(places, lower, overlay)?;
+    if branches.persistent {
+        prepare_upper(places, lower, overlay)?;
+    }
     let _step = debug::Step::new(format!("daemon: mount the overlay ({overlay})"));
-    let lower = option_path(lower)?;
     let name = tool(overlay).map_or("overlay", Tool::name);
     let mut args: Vec<OsString> = vec!["-f".into(), "-o".into()];
     match overlay {
         Overlay::Overlayfs => {
-            let work = places.data.join("work").join("fuse-overlayfs");
+            let work = branches.cwd.join(&branches.fuse_work);
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -119,7 +122,10 @@ pub fn mount_fuse(
             // without it the write itself gets ENOSPC, as on any disk.
             args.push(
                 format!(
-                    "lowerdir={lower},upperdir=upper,workdir=work/fuse-overlayfs,writeback=0{extra}"
+                    "lowerdir={},upperdir={},workdir={},writeback=0{extra}",
+                    branches.lowers.join(":"),
+                    branches.upper,
+                    branches.fuse_work
                 )
                 .into(),
             );
@@ -129,7 +135,8 @@ pub fn mount_fuse(
                 Isolation::Namespaces => "cow,hide_meta_files,allow_other,use_ino".into(),
                 Isolation::Host => "cow,hide_meta_files,use_ino".into(),
             });
-            args.push(format!("upper=RW:{lower}=RO").into());
+            let lowers: Vec<String> = branches.lowers.iter().map(|l| format!("{l}=RO")).collect();
+            args.push(format!("{}=RW:{}", branches.upper, lowers.join(":")).into());
         }
         Overlay::Bwrap => bail!("the kernel overlay has no FUSE backend"),
     }
@@ -157,7 +164,7 @@ pub fn mount_fuse(
     command
         .arg0(name)
         .args(&args)
-        .current_dir(&places.data)
+        .current_dir(&branches.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.try_clone()?));

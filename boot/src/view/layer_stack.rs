@@ -52,7 +52,8 @@ pub struct LayerFile {
 impl LayerFile {
     /// Maps `path` and checks its layer header and tables (not its data: see `verify`).
     pub fn open(path: &Path, origin: Origin) -> anyhow::Result<(LayerFile, Layer)> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            open_noatime(path, false).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: layer files are written whole and renamed into place, never changed.
         let map = unsafe { Mmap::map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
@@ -135,22 +136,56 @@ pub fn extra_layers(data: &Path) -> anyhow::Result<Vec<LayerFile>> {
 /// The layer files of `dir` in stacking order; a missing directory has none when
 /// `optional`.
 pub fn layer_files(dir: &Path, optional: bool) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let names = match names_noatime(dir) {
+        Ok(names) => names,
         Err(e) if optional && e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
     let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let name = entry.file_name();
-        if name.as_bytes().starts_with(b".") || !entry.file_type()?.is_file() {
+    for name in names {
+        let path = dir.join(&name);
+        if name.as_bytes().starts_with(b".")
+            || !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+        {
             continue;
         }
-        files.push(entry.path());
+        files.push(path);
     }
     files.sort_by_key(|p| order_key(p.file_name()));
     Ok(files)
+}
+
+/// Opens `path` (a directory when `dir`) without updating its access time where this user
+/// may ask that (`O_NOATIME`: the owner): reading the layers of an ephemeral run changes
+/// nothing in the data directory, not even times.
+fn open_noatime(path: &Path, dir: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |extra: i32| {
+        let directory = if dir { libc::O_DIRECTORY } else { 0 };
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(extra | directory)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+}
+
+/// The names in directory `dir`, read as [`open_noatime`] opens.
+fn names_noatime(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let file = open_noatime(dir, true)?;
+    let mut listing = nix::dir::Dir::from_fd(file.into()).map_err(io::Error::from)?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let entry = entry.map_err(io::Error::from)?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name != "." && name != ".." {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 /// Numeric order first (a name without a leading number sorts after all numbered ones),

@@ -63,7 +63,7 @@ impl Format {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Format::Kernel => "kernel",
             Format::FuseOverlayfs => "fuse-overlayfs",

@@ -5,7 +5,8 @@
 //!                (casefold): names found whatever their case
 //! places.root    the writable view: kernel overlay, fuse-overlayfs or unionfs (overlay,
 //!                fuse_backend), upper directory in the data directory, its deletion
-//!                markers in the backend's format (markers)
+//!                markers in the backend's format (markers); or, for an ephemeral run,
+//!                a tmpfs over that upper directory made read-only (ephemeral)
 //! places.layers  the merged read-only layers (layer_stack) served by the in-process FUSE
 //!                server (layer_server), or an extracted copy where FUSE is unavailable
 //!                (extracted)
@@ -16,6 +17,7 @@
 //! lives as long as the session; [`View::detach`] takes it down, top first.
 
 pub mod casefold;
+pub mod ephemeral;
 pub mod extracted;
 pub mod fuse_backend;
 pub mod layer_server;
@@ -65,6 +67,15 @@ pub fn fusermount_detach(path: &Path) {
     }
 }
 
+/// Where the writable view keeps what the app writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writable {
+    /// The data directory's upper directory, shared by the image's instances.
+    Persistent,
+    /// A tmpfs of this run's own over the upper directory, which is only read.
+    Ephemeral(ephemeral::Ephemeral),
+}
+
 /// How the layers reach the overlay as its lower directory.
 pub enum Layers {
     /// Served by the in-process FUSE server at `places.layers`.
@@ -106,6 +117,10 @@ pub struct View {
     pub notice: Option<String>,
     root: PathBuf,
     data: PathBuf,
+    /// An ephemeral run's tmpfs and read-only data directory, taken down after the
+    /// backend above them.
+    scratch: Option<PathBuf>,
+    read_only_data: Option<PathBuf>,
     isolation: Isolation,
     /// The FUSE server of the layers and what becomes readable (hang-up) when it stops.
     fuse: Option<(fuser::SessionUnmounter, OwnedFd)>,
@@ -126,7 +141,7 @@ impl View {
         places: &Places,
         ids: (u32, u32),
         isolation: Isolation,
-        (wanted, casefold): (Overlay, bool),
+        (wanted, casefold, writable): (Overlay, bool, &Writable),
     ) -> anyhow::Result<View> {
         if casefold && isolation == Isolation::Host {
             // fusermount3 runs as root, and root may not enter the user's FUSE mount below
@@ -142,13 +157,16 @@ impl View {
                 (places.layers.clone(), Some(served), None)
             }
         };
-        match overlay::mount_view(image, places, &lower, ids, isolation, wanted) {
+        match overlay::mount_view(image, places, &lower, (ids, isolation), wanted, writable) {
             Ok(mounted) => {
+                let ephemeral = matches!(writable, Writable::Ephemeral(_));
                 let mut view = View {
                     overlay: mounted.overlay,
                     notice: mounted.notice,
                     root: places.root.clone(),
                     data: places.data.clone(),
+                    scratch: ephemeral.then(|| places.scratch.clone()),
+                    read_only_data: ephemeral.then(|| places.read_only_data.clone()),
                     isolation,
                     fuse,
                     helper: mounted.helper,
@@ -217,6 +235,14 @@ impl View {
         }
         if let Some((unmounter, _)) = &mut self.fuse {
             let _ = unmounter.unmount();
+        }
+        if let Some(scratch) = &self.scratch {
+            // Nothing of an ephemeral run's is kept: its writes go with the tmpfs.
+            let _ = umount2(scratch, MntFlags::MNT_DETACH);
+            if let Some(data) = &self.read_only_data {
+                let _ = umount2(data, MntFlags::MNT_DETACH);
+            }
+            return;
         }
         // The kernel overlay leaves its empty work directory with mode 000, which a
         // user's `rm -rf` of the data directory cannot get through; it is made anew.

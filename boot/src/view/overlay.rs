@@ -1,21 +1,23 @@
 //! The writable view over the merged layers, by one of three backends: the kernel overlay
 //! (BWRAP, the default), `fuse-overlayfs` (OVERLAYFS) or `unionfs -o cow` (UNIONFS, see
 //! `fuse_backend`). Before any backend mounts, the upper directory's deletion markers are
-//! brought to its format (`markers`).
+//! brought to its format (`markers`); an ephemeral view (`ephemeral`) leaves them as they
+//! are and stacks the upper directory read-only under a tmpfs of its own.
 //!
 //! When the kernel refuses its overlay, the next installed FUSE backend takes over and the
 //! launcher says so in one line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use fim_reserved::Overlay;
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 
-use super::Isolation;
+use super::ephemeral;
 use super::fuse_backend::{FuseContext, Helper, mount_fuse};
 use super::markers::{self, Format};
+use super::{Isolation, Writable};
 use crate::debug;
 use crate::places::Places;
 use crate::tools::{self, Tool};
@@ -44,18 +46,106 @@ pub struct Mounted {
     pub helper: Option<Helper>,
 }
 
+/// The directories a backend stacks, as it is given them: relative to `cwd` (the data
+/// directory, whose name the user chose and may hold the `,` and `:` that separate mount
+/// options) or absolute paths checked for those characters.
+pub struct Branches {
+    pub cwd: PathBuf,
+    /// Read-only, top first.
+    pub lowers: Vec<String>,
+    pub upper: String,
+    /// The kernel overlay's work directory, and fuse-overlayfs's.
+    pub work: String,
+    pub fuse_work: String,
+    /// The upper directory is the data directory's: its markers are converted to the
+    /// backend's format first. Not so in an ephemeral view, which changes nothing there.
+    pub persistent: bool,
+}
+
+impl Branches {
+    pub fn of(places: &Places, lower: &Path, writable: &Writable) -> anyhow::Result<Branches> {
+        let layers = option_path(lower)?;
+        Ok(match writable {
+            Writable::Persistent => Branches {
+                cwd: places.data.clone(),
+                lowers: vec![layers],
+                upper: "upper".into(),
+                work: "work".into(),
+                fuse_work: "work/fuse-overlayfs".into(),
+                persistent: true,
+            },
+            Writable::Ephemeral(_) => {
+                let kept = ephemeral::upper(places)
+                    .map(|p| option_path(&p))
+                    .transpose()?;
+                let scratch_work = ephemeral::scratch_dir(places, "work")?;
+                Branches {
+                    cwd: PathBuf::from("/"),
+                    lowers: kept.into_iter().chain([layers]).collect(),
+                    upper: ephemeral::scratch_dir(places, "upper")?,
+                    work: scratch_work.clone(),
+                    fuse_work: scratch_work,
+                    persistent: false,
+                }
+            }
+        })
+    }
+}
+
 /// Mounts the writable view with `wanted`, falling back from a refused kernel overlay to
 /// the installed FUSE backends. The upper directory's deletion markers are converted to
-/// each backend's format before it mounts.
+/// each backend's format before it mounts; an ephemeral view uses a backend that reads
+/// them as they are.
 pub fn mount_view(
     image: &Image,
     places: &Places,
     lower: &Path,
-    ids: (u32, u32),
-    isolation: Isolation,
+    (ids, isolation): ((u32, u32), Isolation),
     wanted: Overlay,
+    writable: &Writable,
 ) -> anyhow::Result<Mounted> {
     let fuse = FuseContext { ids, isolation };
+    let (wanted, formats, switched) = match writable {
+        Writable::Persistent => (wanted, None, None),
+        Writable::Ephemeral(settings) => {
+            if isolation == Isolation::Host {
+                bail!(
+                    "an ephemeral run needs a user namespace to mount its memory-backed layer, and this system refuses them: run without FIM_EPHEMERAL (fim-ephemeral off), or allow unprivileged user namespaces"
+                );
+            }
+            ephemeral::bind_data_read_only(places)?;
+            let formats = ephemeral::formats(places)?;
+            let (overlay, switched) = ephemeral::backend(wanted, &formats)?;
+            ephemeral::mount_scratch(places, settings)?;
+            (overlay, Some(formats), switched)
+        }
+    };
+    let branches = Branches::of(places, lower, writable)?;
+    let mut mounted = mount_with(
+        image,
+        (places, lower),
+        &branches,
+        fuse,
+        wanted,
+        formats.as_ref(),
+    )?;
+    mounted.notice = match (switched, mounted.notice.take()) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
+    Ok(mounted)
+}
+
+/// Mounts `branches` with `wanted`, or the first FUSE backend that takes over from a
+/// refused kernel overlay (and reads `formats`, for an ephemeral view).
+fn mount_with(
+    image: &Image,
+    (places, lower): (&Places, &Path),
+    branches: &Branches,
+    fuse: FuseContext,
+    wanted: Overlay,
+    formats: Option<&std::collections::BTreeSet<Format>>,
+) -> anyhow::Result<Mounted> {
     if let Some(tool) = tool(wanted) {
         let program = tools::find(image, tool)?.with_context(|| {
             format!(
@@ -65,14 +155,14 @@ pub fn mount_view(
                 tool.variable()
             )
         })?;
-        let helper = mount_fuse(places, lower, fuse, wanted, &program)?;
+        let helper = mount_fuse(places, branches, lower, fuse, wanted, &program)?;
         return Ok(Mounted {
             overlay: wanted,
             notice: None,
             helper: Some(helper),
         });
     }
-    let refused = match mount_kernel(places, lower) {
+    let refused = match mount_kernel(places, branches, lower) {
         Ok(()) => {
             return Ok(Mounted {
                 overlay: Overlay::Bwrap,
@@ -89,11 +179,18 @@ pub fn mount_view(
     let mut failures = Vec::new();
     for fallback in [Overlay::Overlayfs, Overlay::Unionfs] {
         let Some(tool) = tool(fallback) else { continue };
+        if formats.is_some_and(|f| !f.iter().all(|f| ephemeral::honours(fallback, *f))) {
+            failures.push(format!(
+                "{} cannot read the upper directory's deletions",
+                tool.name()
+            ));
+            continue;
+        }
         let Some(program) = tools::find(image, tool)? else {
             failures.push(format!("{} is not available", tool.name()));
             continue;
         };
-        match mount_fuse(places, lower, fuse, fallback, &program) {
+        match mount_fuse(places, branches, lower, fuse, fallback, &program) {
             Ok(helper) => {
                 return Ok(Mounted {
                     overlay: fallback,
@@ -120,11 +217,11 @@ enum Refusal {
     Other(anyhow::Error),
 }
 
-/// Mounts the kernel overlay: the merged layers below, the data directory's upper and
-/// work directories above. Paths are given relative to the data directory, whose name the
-/// user chose and may hold the `,` and `:` that separate overlay options.
-fn mount_kernel(places: &Places, lower: &Path) -> Result<(), Refusal> {
-    prepare_upper(places, lower, Overlay::Bwrap).map_err(Refusal::Other)?;
+/// Mounts the kernel overlay of `branches` (the merged layers at `lower`, lowest).
+fn mount_kernel(places: &Places, branches: &Branches, lower: &Path) -> Result<(), Refusal> {
+    if branches.persistent {
+        prepare_upper(places, lower, Overlay::Bwrap).map_err(Refusal::Other)?;
+    }
     let _step = debug::Step::new("daemon: mount the overlay (kernel)");
     if std::env::var_os(REFUSE_KERNEL_OVERLAY).is_some_and(|v| v == "1") {
         debug::log(format!(
@@ -132,12 +229,16 @@ fn mount_kernel(places: &Places, lower: &Path) -> Result<(), Refusal> {
         ));
         return Err(Refusal::Errno(Errno::EPERM));
     }
-    std::env::set_current_dir(&places.data)
-        .with_context(|| format!("cannot enter {}", places.data.display()))
+    std::env::set_current_dir(&branches.cwd)
+        .with_context(|| format!("cannot enter {}", branches.cwd.display()))
         .map_err(Refusal::Other)?;
-    let lower = option_path(lower).map_err(Refusal::Other)?;
     // `userxattr`: the same deletion markers whether root or a user mounted it.
-    let options = format!("lowerdir={lower},upperdir=upper,workdir=work,userxattr");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        branches.lowers.join(":"),
+        branches.upper,
+        branches.work
+    );
     let result = mount(
         Some("fim"),
         &places.root,
