@@ -1,6 +1,5 @@
 //! Checks shared by several end-to-end test files, run against an [`App`].
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,13 +55,7 @@ pub fn sigkill_of_the_launcher_leaves_nothing_behind(app: &App) {
             "-c",
             &format!("echo up; exec sleep {marker}"),
         ])
-        .stdout(Stdio::piped())
-        .spawn_retrying();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line, "up\n");
+        .spawn_until_up();
     wait_for(
         || !processes_with(&format!("sleep {marker}")).is_empty(),
         "the app",

@@ -82,12 +82,29 @@ pub fn run(cmd: &mut Command) -> Output {
 /// `spawn` that retries an `ETXTBSY` (see [`run`]) and panics on any other failure.
 pub trait SpawnRetrying {
     fn spawn_retrying(&mut self) -> std::process::Child;
+
+    /// Spawns the command with its stdout piped and waits for its first line, which must
+    /// be `up` (a script that says when its app is running).
+    fn spawn_until_up(&mut self) -> std::process::Child;
 }
 
 impl SpawnRetrying for Command {
     fn spawn_retrying(&mut self) -> std::process::Child {
         let command = format!("{self:?}");
         retrying_busy(&command, || self.spawn())
+    }
+
+    fn spawn_until_up(&mut self) -> std::process::Child {
+        use std::io::BufRead;
+        let mut child = self.stdout(std::process::Stdio::piped()).spawn_retrying();
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.as_mut() {
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("read the first line");
+        }
+        assert_eq!(line, "up\n", "{self:?} did not start");
+        child
     }
 }
 

@@ -511,14 +511,7 @@ fn the_setting_its_override_and_its_refusals(who: Who) {
     // While an ephemeral run goes on, a commit is refused as while any instance runs.
     let mut running = app
         .command(["fim-exec", "sh", "-c", "echo up; sleep 30"])
-        .stdout(Stdio::piped())
-        .spawn_retrying();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(running.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
+        .spawn_until_up();
     let mut command = app.command(["fim-layer", "commit"]);
     command.env("FIM_EPHEMERAL", "0");
     let refused = fim_tests::run(&mut command);

@@ -3,7 +3,7 @@
 //! app within a second and exit 125 with one line, and the next run must start a fresh
 //! session, leaving nothing of the dead one behind.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -39,23 +39,16 @@ impl Drop for Launcher {
 fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Launcher> {
     (0..2)
         .map(|_| {
-            let mut child = app
+            let child = app
                 .command([
                     "fim-exec",
                     "sh",
                     "-c",
                     &format!("echo up; exec sleep {marker}"),
                 ])
-                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .spawn_retrying();
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().expect("stdout"))
-                .read_line(&mut line)
-                .expect("read");
-            let child = Launcher(child);
-            assert_eq!(line, "up\n", "the instance did not start");
-            child
+                .spawn_until_up();
+            Launcher(child)
         })
         .collect()
 }

@@ -2,8 +2,7 @@
 //! program inside one of them, in its namespaces: it sees the file that instance wrote
 //! in its private /tmp, which no other run sees.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 
 use fim_tests::checks::wait_for;
 use fim_tests::run::SpawnRetrying;
@@ -13,16 +12,8 @@ fim_tests::for_both!(exec_enters_a_running_instance_and_sees_its_private_tmp);
 
 /// Starts `IMAGE fim-exec sh -c SCRIPT` and waits for its first line, `up`.
 fn start(app: &App, script: &str) -> Child {
-    let mut child = app
-        .command(["fim-exec", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .spawn_retrying();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the instance's first line");
-    assert_eq!(line, "up\n");
-    child
+    app.command(["fim-exec", "sh", "-c", script])
+        .spawn_until_up()
 }
 
 /// `fim-instance list`, one `[id, pid, started, command]` per instance.
