@@ -173,15 +173,7 @@ fn root_installs_packages_then_commits_without_the_caches() {
 
     let upper = app.data_dir().join("upper");
     assert!(has_match(&upper.join("var/cache/apt/archives"), ".deb"));
-    app.run([
-        "fim-layer",
-        "commit",
-        "--exclude",
-        "/var/cache/apt/archives/*.deb",
-        "--exclude",
-        "/var/lib/apt/lists/*",
-    ])
-    .assert_ok();
+    commit_without_apt_caches(&app);
     let extracted = app.dir.path().join("layer");
     app.run(["fim-layer", "extract", "1", &extracted.to_string_lossy()])
         .assert_ok();
@@ -238,15 +230,7 @@ fn user_without_subordinate_ids_installs_through_noop_ids() {
     assert!(jq.stdout.starts_with("jq-1."), "{}", jq.stdout);
 
     // Committed by the user, the files are root's, as a later run as root expects.
-    app.run([
-        "fim-layer",
-        "commit",
-        "--exclude",
-        "/var/cache/apt/archives/*.deb",
-        "--exclude",
-        "/var/lib/apt/lists/*",
-    ])
-    .assert_ok();
+    commit_without_apt_caches(&app);
     let root_data = app.dir.path().join("root-data");
     let out = run(Command::new(&app.image)
         .args(["fim-exec", "stat", "-c", "%u:%g %U", "/usr/bin/jq"])
@@ -267,4 +251,18 @@ fn has_match(dir: &Path, suffix: &str) -> bool {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().ends_with(suffix))
     })
+}
+
+/// `fim-layer commit`, leaving out the downloaded packages and package lists, as a
+/// packager ships an image.
+fn commit_without_apt_caches(app: &App) {
+    app.run([
+        "fim-layer",
+        "commit",
+        "--exclude",
+        "/var/cache/apt/archives/*.deb",
+        "--exclude",
+        "/var/lib/apt/lists/*",
+    ])
+    .assert_ok();
 }

@@ -12,6 +12,7 @@ use fim_desktop::{
     IconKind, Integration, Integrations, Manifest, Settings, SetupFile, clean_stale, desktop_id,
     remove,
 };
+use fim_image::Image;
 
 use super::Command;
 use super::args::texts;
@@ -61,11 +62,12 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The settings the running image stores, or a line saying to run setup first.
-fn stored() -> anyhow::Result<Settings> {
+/// The running image and the settings it stores, or a line saying to run setup first.
+fn stored() -> anyhow::Result<(Image, Settings)> {
     let image = self_image()?;
-    Settings::from_reserved(image.reserved())?
-        .context("the image has no desktop settings: run fim-desktop setup FILE.json first")
+    let settings = Settings::from_reserved(image.reserved())?
+        .context("the image has no desktop settings: run fim-desktop setup FILE.json first")?;
+    Ok((image, settings))
 }
 
 fn setup(file: &Path) -> anyhow::Result<ExitCode> {
@@ -79,7 +81,7 @@ fn setup(file: &Path) -> anyhow::Result<ExitCode> {
 
 fn enable(list: &str) -> anyhow::Result<ExitCode> {
     let enabled = Integrations::parse(list)?;
-    let mut settings = stored()?;
+    let (_, mut settings) = stored()?;
     settings.enabled = enabled;
     change_reserved("fim-desktop enable", |r| Ok(settings.store(r, None)?))?;
     if enabled.any() {
@@ -127,7 +129,7 @@ fn clean(stale: bool) -> anyhow::Result<ExitCode> {
     let done = if stale {
         clean_stale(&home)?
     } else {
-        let settings = stored()?;
+        let (_, settings) = stored()?;
         let id = desktop_id(&self_path()?, &settings.name);
         let done = remove(&home, &id)?;
         log_done(&id, &home, &done);
@@ -140,8 +142,7 @@ fn clean(stale: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn dump(what: &str, file: &str) -> anyhow::Result<ExitCode> {
-    let settings = stored()?;
-    let image = self_image()?;
+    let (image, settings) = stored()?;
     let icon = image.reserved().icon();
     let integration = Integration {
         image: image.path(),
@@ -164,8 +165,7 @@ fn dump(what: &str, file: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn show() -> anyhow::Result<ExitCode> {
-    let settings = stored()?;
-    let image = self_image()?;
+    let (image, settings) = stored()?;
     let id = desktop_id(image.path(), &settings.name);
     let mut stored = serde_json::to_value(&settings)?;
     if let Some(icon) = image.reserved().icon() {
