@@ -111,7 +111,12 @@ impl Places {
         Self::at(image, data, &runtime, key).map(Some)
     }
 
-    fn at(image: &Path, data: PathBuf, runtime: &Path, key: String) -> anyhow::Result<Places> {
+    pub(crate) fn at(
+        image: &Path,
+        data: PathBuf,
+        runtime: &Path,
+        key: String,
+    ) -> anyhow::Result<Places> {
         let instance = runtime.join(&key);
         check_mount_path(&instance)?;
         let socket = instance.join("sock");

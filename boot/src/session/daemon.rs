@@ -31,6 +31,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, fork, setsid};
 
 use super::greeting::{Greeting, LEAVING, QUIT, send};
+use super::mounted_data::MountedData;
 use super::namespaces;
 use crate::commit::journal;
 use crate::debug;
@@ -131,6 +132,8 @@ struct Daemon<'a> {
     /// Held for the daemon's life: one session per data directory. An ephemeral session
     /// only reads it, and takes nothing there.
     data_lock: Option<DataLock>,
+    /// The data and upper directories as mounted (a persistent session's).
+    mounted_data: Option<MountedData>,
     /// The backend asked for (the view's may differ after a fallback).
     wanted: Overlay,
     /// Whether the casefold view is on.
@@ -202,6 +205,10 @@ impl<'a> Daemon<'a> {
             (wanted, casefold),
             &mut ToLauncher(first),
         )?;
+        let mounted_data = match writable {
+            Writable::Persistent => MountedData::hold(places),
+            Writable::Ephemeral(_) => None,
+        };
         let isolation = namespaces::create(uid, gid)?;
         let mut view = View::mount(
             layers.image,
@@ -227,6 +234,7 @@ impl<'a> Daemon<'a> {
             listener,
             signals,
             data_lock,
+            mounted_data,
             wanted,
             casefold,
             notice: view.notice.take(),
@@ -275,7 +283,12 @@ impl<'a> Daemon<'a> {
                             // Holding the lock, no launcher can be on its way in, except
                             // one already queued on the socket.
                             match self.listener.accept() {
-                                Ok((stream, _)) => {
+                                Ok((mut stream, _)) => {
+                                    if self.gone_under(&mut stream, &clients) {
+                                        self.shut_down();
+                                        drop(guard);
+                                        return 0;
+                                    }
                                     self.admit(stream, &mut clients, identity);
                                     continue;
                                 }
@@ -379,12 +392,50 @@ impl<'a> Daemon<'a> {
                 return self.stop(clients, how);
             }
             if listener_ready {
-                while let Ok((stream, _)) = self.listener.accept() {
+                while let Ok((mut stream, _)) = self.listener.accept() {
                     linger_until = None;
+                    if self.gone_under(&mut stream, &clients) {
+                        if clients.is_empty() {
+                            // Lingering: make way; `stream` is never answered, and its
+                            // launcher starts a new session once this process is gone.
+                            self.shut_down();
+                            return 0;
+                        }
+                        continue;
+                    }
                     self.admit(stream, &mut clients, identity);
                 }
             }
         }
+    }
+
+    /// Whether the data directory this session mounted was removed or replaced, checked
+    /// for a launcher that connects: while instances run it is refused in one line (they
+    /// still use the old directories); otherwise the caller makes way for a new session.
+    fn gone_under(&self, stream: &mut UnixStream, clients: &[UnixStream]) -> bool {
+        let Some(gone) = self.mounted_data.as_ref().and_then(MountedData::gone) else {
+            return false;
+        };
+        debug::log(format!(
+            "daemon: {} was removed or replaced since the session mounted it",
+            gone.display()
+        ));
+        if !clients.is_empty() {
+            send(
+                stream,
+                &Greeting::Failed(format!(
+                    "{} was removed or replaced while {} of this image {} on the old one; close {}, then run the image again",
+                    gone.display(),
+                    match clients.len() {
+                        1 => "an instance".to_string(),
+                        n => format!("{n} instances"),
+                    },
+                    if clients.len() == 1 { "runs" } else { "run" },
+                    if clients.len() == 1 { "it" } else { "them" },
+                )),
+            );
+        }
+        true
     }
 
     fn admit(&self, mut stream: UnixStream, clients: &mut Vec<UnixStream>, identity: &str) {

@@ -11,10 +11,13 @@
 //! with no live daemon it forks one (`daemon`), which creates the namespaces
 //! (`namespaces`), recovers an interrupted commit, and mounts the view (`crate::view`).
 //! The launcher then joins the daemon's namespaces and builds the sandbox there. A layer
-//! change asks a lingering session to make way first (`take_data`).
+//! change asks a lingering session to make way first (`take_data`), and a session whose
+//! data directory was removed or replaced makes way for the launcher that finds it
+//! (`mounted_data`).
 
 pub mod daemon;
 pub mod greeting;
+mod mounted_data;
 pub mod namespaces;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
