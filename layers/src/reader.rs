@@ -72,6 +72,9 @@ const META_KEY: u64 = 1 << 63;
 /// Longest symlink target accepted (Linux `PATH_MAX`).
 const MAX_SYMLINK: u64 = 4096;
 
+/// Longest name a directory entry may have: what Linux file systems hold.
+const NAME_MAX: usize = 255;
+
 static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One layer, read in place from a memory map.
@@ -323,7 +326,8 @@ impl Layer {
     }
 
     /// A dirent's name; anything but one plain path component (no `/`, no NUL, not `.` or
-    /// `..`) is corruption, so no reader can be steered outside a directory.
+    /// `..`, at most `NAME_MAX` bytes) is corruption, so no reader can be steered outside a
+    /// directory, nor hand the kernel a name no file system holds.
     fn dirent_name(&self, d: &Dirent) -> Result<Vec<u8>> {
         let name = self.meta_vec(
             self.sb.names_at + u64::from(d.name_offset),
@@ -332,6 +336,11 @@ impl Layer {
         if name == b"." || name == b".." || name.iter().any(|&c| c == b'/' || c == 0) {
             return Err(LayerError::corrupt(
                 "directory entry name is not a single path component",
+            ));
+        }
+        if name.len() > NAME_MAX {
+            return Err(LayerError::corrupt(
+                "directory entry name is longer than 255 bytes",
             ));
         }
         Ok(name)

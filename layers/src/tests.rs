@@ -303,3 +303,66 @@ fn bare_oci_whiteout_marker_is_refused() {
     let err = build_layer(src.path(), out.as_file(), 0, &options, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("must name"), "{err}");
 }
+
+/// A layer whose root holds a file named `name`, written as a crafted file would hold it:
+/// the scanned tree is renamed behind the writer's back.
+fn layer_with_name(name: &[u8]) -> (tempfile::NamedTempFile, Stack) {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), b"payload").unwrap();
+    fs::create_dir(src.path().join("d")).unwrap();
+    let mut tree = scan::scan(src.path(), WhiteoutFormat::None, &[]).unwrap();
+    let root = &mut tree.nodes[0].children;
+    for child in root.iter_mut() {
+        if child.0 == "f" {
+            child.0 = std::ffi::OsStr::from_bytes(name).to_os_string();
+        }
+    }
+    root.sort();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let stats = writer::write_tree(&tree, out.as_file(), 0, &small_options(), &NoProgress).unwrap();
+    let layer = open(&out, stats.layer_size);
+    (out, Stack::new(vec![layer]).unwrap())
+}
+
+/// Names a crafted layer may hold that are not one path component a directory can have.
+const HOSTILE_NAMES: [&[u8]; 6] = [b"a/b", b"..", b".", b"../../escape", b"x\0y", &[b'n'; 256]];
+
+#[test]
+fn crafted_names_that_are_not_one_path_component_are_corruption() {
+    for name in HOSTILE_NAMES {
+        let (_f, stack) = layer_with_name(name);
+        let shown = String::from_utf8_lossy(name);
+        let listing = stack.read_dir(ROOT);
+        let err = listing.expect_err(&shown).to_string();
+        assert!(
+            err.contains("not a single path component") || err.contains("longer than"),
+            "{shown}: {err}"
+        );
+        // A lookup that meets it on the way of its binary search fails the same way or
+        // finds nothing; it never answers with the crafted entry.
+        for probe in [name, b"d".as_slice(), b"zzz".as_slice()] {
+            if let Ok(Some(e)) = stack.lookup(ROOT, probe) {
+                assert_eq!(probe, b"d", "{shown}: found {e:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn extracting_a_crafted_name_fails_and_writes_nothing_outside() {
+    for name in HOSTILE_NAMES {
+        let (_f, stack) = layer_with_name(name);
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("dest");
+        let shown = String::from_utf8_lossy(name);
+        assert!(extract(&stack, &dest, false).is_err(), "{shown}");
+        let outside: Vec<_> = fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            outside.iter().all(|n| n == "dest"),
+            "{shown}: {outside:?} beside the destination"
+        );
+    }
+}

@@ -55,32 +55,44 @@ fn ids(user: &str) -> Option<(u32, u32)> {
 /// Creates [`TEST_USER`] once; `None` (with the reason) when that is impossible here.
 fn test_user() -> Result<(u32, u32), String> {
     static USER: OnceLock<Result<(u32, u32), String>> = OnceLock::new();
-    USER.get_or_init(|| {
-        if !is_root() {
-            return Err("creating a test user needs root".into());
+    USER.get_or_init(|| create_user(TEST_USER)).clone()
+}
+
+/// Name of a second unprivileged user: a hostile neighbour of [`TEST_USER`] and of root.
+pub const OTHER_USER: &str = "fim-e2e-other";
+
+/// uid and gid of [`OTHER_USER`], created once; `None` (after saying why) when that is
+/// impossible here.
+pub fn other_user() -> Option<(u32, u32)> {
+    static USER: OnceLock<Result<(u32, u32), String>> = OnceLock::new();
+    match USER.get_or_init(|| create_user(OTHER_USER)) {
+        Ok(ids) => Some(*ids),
+        Err(why) => {
+            skip(&format!("a second user: {why}"));
+            None
         }
-        if let Some(ids) = ids(TEST_USER) {
-            return Ok(ids);
-        }
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/bin/sh",
-                TEST_USER,
-            ])
-            .output()
-            .map_err(|e| format!("cannot run useradd: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "useradd failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        ids(TEST_USER).ok_or_else(|| "useradd made no user".into())
-    })
-    .clone()
+    }
+}
+
+/// Creates the system user `name` unless it exists.
+fn create_user(name: &str) -> Result<(u32, u32), String> {
+    if !is_root() {
+        return Err("creating a test user needs root".into());
+    }
+    if let Some(ids) = ids(name) {
+        return Ok(ids);
+    }
+    let out = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/bin/sh", name])
+        .output()
+        .map_err(|e| format!("cannot run useradd: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "useradd failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    ids(name).ok_or_else(|| "useradd made no user".into())
 }
 
 /// While alive, [`TEST_USER`] may open `/dev/fuse`; the last one dropped removes the ACL.
