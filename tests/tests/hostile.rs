@@ -148,7 +148,7 @@ fn append_layer(image: &Path, layer: &Path, digest: [u8; 32]) {
 }
 
 /// The names a crafted directory entry may hold that no real directory can.
-const HOSTILE_NAMES: [&[u8]; 4] = [b"../../../escape", b"a/b", b"..", &[b'n'; 300]];
+const HOSTILE_NAMES: [&[u8]; 5] = [b"../../../escape", b"a/b", b"..", b"x\0y", &[b'n'; 300]];
 
 fn a_crafted_layer_name_reaches_nothing_outside(who: Who) {
     for name in HOSTILE_NAMES {
