@@ -58,6 +58,17 @@ fn main() -> ExitCode {
             open.len(),
             open.join(" ")
         ));
+        // And its peak memory: the tests check it stays flat over many launches.
+        if let Some(peak) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .map(|v| v.trim().to_owned())
+            })
+        {
+            debug::log(format!("peak memory at exit: {peak}"));
+        }
     }
     match outcome {
         Ok(code) => code,

@@ -144,7 +144,7 @@ pub struct App {
     /// `FIM_OVERLAY` for every run, when set.
     pub overlay: Option<&'static str>,
     /// More environment for every run.
-    env: Vec<(&'static str, &'static str)>,
+    env: Vec<(&'static str, std::ffi::OsString)>,
     _fuse: Option<FuseAccess>,
 }
 
@@ -397,8 +397,8 @@ impl App {
     }
 
     /// Runs every command with `key=value` in its environment.
-    pub fn with_env(mut self, key: &'static str, value: &'static str) -> App {
-        self.env.push((key, value));
+    pub fn with_env(mut self, key: &'static str, value: impl AsRef<OsStr>) -> App {
+        self.env.push((key, value.as_ref().to_os_string()));
         self
     }
 
@@ -439,7 +439,7 @@ impl App {
         if let Some(overlay) = self.overlay {
             cmd.env("FIM_OVERLAY", overlay);
         }
-        cmd.envs(self.env.iter().copied());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.who == Who::User {
             cmd.uid(self.uid)
                 .gid(self.gid)

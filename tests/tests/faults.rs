@@ -9,10 +9,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use fim_tests::checks::{session_dirs, wait_for, wait_for_the_session_to_end};
+use fim_tests::fsutil::setuid_bwrap;
 use fim_tests::run::SpawnRetrying;
 use fim_tests::sandbox::{
     App, Who, app_with_backend as app, host_mounts_mentioning, processes_with,
 };
+use fim_tests::{skip, which};
 
 fim_tests::per_backend!(a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh);
 fim_tests::per_backend_fuse!(a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh);
@@ -216,5 +218,45 @@ fn a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh(
     let cause = format!("{name} (pid {}) was killed by SIGKILL", backends[0]);
     let slowest = each_launcher_ends_with_one_line(children, killed, &cause);
     eprintln!("killed_backend {backend} {who:?}: the launchers ended {slowest:?} after the kill");
+    the_next_run_starts_afresh(&app, &marker);
+}
+
+/// Without user namespaces (a setuid bwrap, FUSE mounts made by fusermount3 in the host's
+/// mount namespace), a killed daemon leaves its mounts on the host, where the session
+/// cannot take them down: its apps must still end, and the next run must clear them.
+#[test]
+fn without_user_namespaces_a_killed_daemon_leaves_no_host_mount() {
+    if !fim_tests::is_root() {
+        skip("a killed daemon without user namespaces: making a setuid bwrap needs root");
+        return;
+    }
+    if which("fusermount3").is_none() {
+        skip("a killed daemon without user namespaces: fusermount3 is not installed");
+        return;
+    }
+    let Some(app) = app("killed_daemon_host_mounts", Who::User, "overlayfs") else {
+        return;
+    };
+    let Some(bwrap) = setuid_bwrap(app.dir.path()) else {
+        skip("a killed daemon without user namespaces: a setuid bwrap cannot be made here");
+        return;
+    };
+    let app = app
+        .with_env("FIM_TEST_REFUSE_USERNS", "1")
+        .with_env("FIM_BWRAP", &bwrap);
+    let marker = marker(&app, 3);
+    let children = two_sleeping_instances(&app, &marker);
+    wait_for(|| apps(&marker).len() == 2, "the apps");
+    let runtime = app.runtime_dir();
+    assert!(
+        !host_mounts_mentioning(&runtime).is_empty(),
+        "the session's mounts are the host's"
+    );
+    let daemon = daemon_of(children[0].0.id());
+    sigkill(daemon);
+    let killed = Instant::now();
+    let slowest =
+        each_launcher_ends_with_one_line(children, killed, &format!("daemon (pid {daemon}) died"));
+    eprintln!("killed_daemon without userns: the launchers ended {slowest:?} after the kill");
     the_next_run_starts_afresh(&app, &marker);
 }

@@ -1,9 +1,12 @@
 //! Load: many instances of one image at once share one view, and many launches one after
 //! the other leave nothing behind (no mount, process, descriptor, memfd or runtime
-//! directory), with every overlay backend, as whoever runs the tests and as an
-//! unprivileged user.
+//! directory) and keep the launcher's and the daemon's memory flat, with every overlay
+//! backend, as whoever runs the tests and as an unprivileged user. Within the linger the
+//! launches share one session; ephemeral launches start a session each, so they also show
+//! that many session starts and ends leave nothing behind.
 //!
-//! `FIM_TEST_LAUNCHES` sets how many sequential launches (default 1000).
+//! `FIM_TEST_LAUNCHES` sets how many sequential launches (default 1000),
+//! `FIM_TEST_SESSIONS` how many sessions started one after the other (default 100).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -16,6 +19,7 @@ use fim_tests::sandbox::{
 fim_tests::per_backend!(
     fifty_instances_at_once_share_one_view,
     many_sequential_launches_leave_nothing_behind,
+    many_sessions_one_after_the_other_leave_nothing_behind,
 );
 
 fn fifty_instances_at_once_share_one_view(backend: &'static str, who: Who) {
@@ -31,10 +35,16 @@ fn fifty_instances_at_once_share_one_view(backend: &'static str, who: Who) {
 
 /// How many launches [`many_sequential_launches_leave_nothing_behind`] makes.
 fn launches() -> usize {
-    std::env::var("FIM_TEST_LAUNCHES")
+    count_from("FIM_TEST_LAUNCHES", 1000)
+}
+
+/// The positive number in `variable`, or `default`.
+fn count_from(variable: &str, default: usize) -> usize {
+    std::env::var(variable)
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1000)
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
 }
 
 /// What a process holds open: how many descriptors of each kind (`memfd`, `socket`,
@@ -59,6 +69,25 @@ fn descriptors(pid: u32) -> BTreeMap<String, usize> {
     kinds
 }
 
+/// A process's resident memory (`VmRSS`), in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    kib_of(&status, "VmRSS:").unwrap_or_else(|| panic!("no VmRSS for {pid}"))
+}
+
+/// The launcher's peak memory at exit, in KiB, from its `FIM_DEBUG` line.
+fn launcher_peak_kib(stderr: &str) -> u64 {
+    kib_of(stderr, "fim: debug: peak memory at exit:")
+        .unwrap_or_else(|| panic!("no peak memory at exit: {stderr}"))
+}
+
+/// The number after `prefix` on the first line that starts with it (`NNN kB`).
+fn kib_of(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
 /// The lingering session's daemon: the one process running the image between launches.
 fn lingering_daemon(app: &App) -> u32 {
     let image = app.image.to_string_lossy().into_owned();
@@ -78,6 +107,8 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
     // The launcher's own descriptors at exit (`FIM_DEBUG` says), at the launch that
     // started the session, the tenth and the last.
     let mut at_exit = Vec::new();
+    // The launcher's peak memory (KiB) at the same launches.
+    let mut peaks = Vec::new();
     for i in 0..count {
         let debug = i == 0 || i == 9 || i == count - 1;
         let out = fim_tests::run(
@@ -98,6 +129,7 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
                 .unwrap_or_else(|| panic!("no count of descriptors at exit: {}", out.stderr))
                 .to_string();
             at_exit.push((i, open));
+            peaks.push((i, launcher_peak_kib(&out.stderr)));
         } else {
             assert_eq!(out.stderr, "", "launch {i}");
         }
@@ -108,19 +140,27 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
                 || descriptors(daemon).get("socket") == Some(&1),
                 "the daemon to see the launcher leave",
             );
-            first = Some((daemon, descriptors(daemon)));
+            first = Some((daemon, descriptors(daemon), resident_kib(daemon)));
         }
     }
     let took = started.elapsed();
     eprintln!(
         "sequential_launches {backend} {who:?}: {count} launches in {took:?} ({:?} each); \
-         the launcher's descriptors at exit: {at_exit:?}",
+         the launcher's descriptors at exit: {at_exit:?}; its peak memory (KiB): {peaks:?}",
         took / count as u32
     );
+    // The launcher's peak memory is flat: the last launch within a tenth (and 1 MiB) of
+    // the tenth one (the first also starts the session, so it differs).
+    if let (Some((_, tenth)), Some((_, last))) = (peaks.get(1), peaks.last()) {
+        assert!(
+            *last <= tenth + tenth / 10 + 1024,
+            "the launcher's peak memory grew from {tenth} KiB (launch 10) to {last} KiB"
+        );
+    }
     // The daemon, still lingering, holds what it held after the tenth launch: no
     // descriptor, socket or memfd accumulates (a new daemon, had the linger run out,
     // must hold the same).
-    if let Some((daemon, before)) = first {
+    if let Some((daemon, before, resident)) = first {
         let now = lingering_daemon(&app);
         // Given a moment to see the last launcher leave.
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
@@ -131,6 +171,16 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
             descriptors(now),
             before,
             "the daemon's descriptors after launch 10 (pid {daemon}) and after launch {count} (pid {now})"
+        );
+        // Its memory too: within a tenth (and 2 MiB) of what it held after launch 10.
+        let resident_now = resident_kib(now);
+        eprintln!(
+            "sequential_launches {backend} {who:?}: the daemon's resident memory {resident} KiB \
+             after launch 10, {resident_now} KiB after launch {count}"
+        );
+        assert!(
+            resident_now <= resident + resident / 10 + 2048,
+            "the daemon's resident memory grew from {resident} KiB to {resident_now} KiB"
         );
     }
     assert!(
@@ -146,5 +196,57 @@ fn many_sequential_launches_leave_nothing_behind(backend: &'static str, who: Who
     wait_for(
         || processes_with(&dir).is_empty(),
         "the session's processes",
+    );
+}
+
+fn many_sessions_one_after_the_other_leave_nothing_behind(backend: &'static str, who: Who) {
+    let Some(app) = app("sequential_sessions", who, backend) else {
+        return;
+    };
+    let app = app.with_env("FIM_EPHEMERAL", "1");
+    let count = count_from("FIM_TEST_SESSIONS", 100);
+    let runtime = app.runtime_dir();
+    let dir = app.dir.path().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let mut peaks = Vec::new();
+    for i in 0..count {
+        let debug = i == 9.min(count - 1) || i == count - 1;
+        let out = fim_tests::run(
+            app.command(["fim-exec", "true"])
+                .env("FIM_DEBUG", if debug { "1" } else { "" }),
+        );
+        out.assert_ok();
+        if debug {
+            peaks.push(launcher_peak_kib(&out.stderr));
+        }
+        // Each session ends with its launcher (its daemon takes the view down just
+        // after): nothing of it is left for the next.
+        // (`FIM_DEBUG` leaves the log of the ephemeral sessions there.)
+        wait_for(
+            || {
+                session_dirs(&app)
+                    .iter()
+                    .all(|n| n == "ephemeral-session.log")
+            },
+            "the session to end",
+        );
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "sequential_sessions {backend} {who:?}: {count} sessions in {took:?} ({:?} each); \
+         the launcher's peak memory (KiB) at sessions 10 and {count}: {peaks:?}",
+        took / count as u32
+    );
+    if let [tenth, last] = peaks[..] {
+        assert!(
+            last <= tenth + tenth / 10 + 1024,
+            "the launcher's peak memory grew from {tenth} KiB to {last} KiB"
+        );
+    }
+    assert!(host_mounts_mentioning(&runtime).is_empty());
+    assert!(host_mounts_mentioning(app.dir.path()).is_empty());
+    wait_for(
+        || processes_with(&dir).is_empty(),
+        "the sessions' processes",
     );
 }
