@@ -27,6 +27,10 @@ pub enum ImageError {
     },
     #[error("launcher is not a usable ELF executable: {0}")]
     Launcher(String),
+    /// The output path holds something an image must not replace (what it holds); the
+    /// caller names the path.
+    #[error("{0}; name a new file or an existing image")]
+    NotAFile(&'static str),
 }
 
 impl ImageError {

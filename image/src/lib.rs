@@ -14,7 +14,10 @@ pub use image::Image;
 pub use trailer::{
     ALIGN, FOOTER_SIZE, Footer, IMAGE_VERSION, LAYER_ENTRY_SIZE, LayerEntry, TableEntry, ToolEntry,
 };
-pub use write::{ChangeLock, ImageWriter, SealedImage, Updated, read_launcher, update_reserved};
+pub use write::{
+    ChangeLock, ImageWriter, SealedImage, Updated, read_launcher, refuse_to_replace_a_non_file,
+    update_reserved,
+};
 
 #[cfg(test)]
 mod tests;

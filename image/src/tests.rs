@@ -101,3 +101,32 @@ fn unchanged_update_does_not_rewrite() {
         inode
     );
 }
+
+#[test]
+fn an_output_path_holding_a_device_fifo_directory_or_symlink_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = read_launcher(&std::env::current_exe().unwrap()).unwrap();
+    let fifo = dir.path().join("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let sub = dir.path().join("dir");
+    fs::create_dir(&sub).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+    for (out, what) in [
+        (&fifo, "not a regular file"),
+        (&sub, "is a directory"),
+        (&link, "is a symlink"),
+    ] {
+        let before = fs::symlink_metadata(out).unwrap().file_type();
+        let err = ImageWriter::create(out, &launcher, &Reserved::new())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(what), "{err}");
+        assert_eq!(fs::symlink_metadata(out).unwrap().file_type(), before);
+    }
+    // Nothing was left beside them either.
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+}

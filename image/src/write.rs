@@ -75,6 +75,26 @@ fn zeros(file: &File, from: u64, to: u64, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A new image or layer file is renamed over `out`: that must not replace a device
+/// (`-o /dev/null` would leave a regular file where the device was), a directory, a
+/// symlink or a socket.
+pub fn refuse_to_replace_a_non_file(out: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(out) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_symlink() {
+        "it is a symlink, which the image would replace"
+    } else if kind.is_dir() {
+        "it is a directory"
+    } else {
+        "it is a device, fifo or socket, not a regular file"
+    };
+    Err(ImageError::NotAFile(what))
+}
+
 impl ImageWriter {
     /// Starts an image at `out` with `launcher` (ELF bytes) and `reserved` as its config.
     /// The launcher gets the image mark (`FI\x01` at byte 8) on the way.
@@ -86,6 +106,7 @@ impl ImageWriter {
                 "launcher has bytes past its ELF end; pass the ELF alone".into(),
             ));
         }
+        refuse_to_replace_a_non_file(out)?;
         let tmp = temp_in(out, BUILD_MARK)?;
         let reserved_offset = launcher_size.next_multiple_of(ALIGN);
         let file = tmp.as_file();

@@ -509,3 +509,54 @@ fn output_inside_the_input_is_not_packed_into_itself() {
         .collect();
     assert_eq!(names, [OsString::from("etc")], "extracted root: {names:?}");
 }
+
+#[test]
+fn an_output_that_is_a_device_fifo_or_symlink_is_never_replaced() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    put(&src, "etc/hostname", b"fim\n");
+    // What `-o /dev/null` would be, without risking the machine's /dev/null: a fifo. And a
+    // symlink, which a rename would replace instead of writing where it points.
+    let fifo = work.path().join("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let link = work.path().join("link");
+    std::os::unix::fs::symlink(work.path().join("target"), &link).expect("symlink");
+    for out in [&fifo, &link] {
+        let before = fs::symlink_metadata(out).expect("stat").file_type();
+        let built = fim([
+            OsStr::new("build"),
+            src.as_os_str(),
+            OsStr::new("-o"),
+            out.as_os_str(),
+        ]);
+        built.assert_clean_failure(&format!("fim: creating {}: it is a", out.display()));
+        assert_eq!(fs::symlink_metadata(out).expect("stat").file_type(), before);
+    }
+    // A layer file written by an image: `fim-layer create` the same.
+    let image = work.path().join("app");
+    fim([
+        OsStr::new("build"),
+        src.as_os_str(),
+        OsStr::new("-o"),
+        image.as_os_str(),
+    ])
+    .assert_ok();
+    let created = run(Command::new(&image)
+        .args([
+            OsStr::new("fim-layer"),
+            "create".as_ref(),
+            src.as_os_str(),
+            fifo.as_os_str(),
+        ])
+        .env_remove("FIM_OVERLAY"));
+    created.assert_clean_failure(&format!("app: cannot create {}: it is a", fifo.display()));
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::symlink_metadata(&fifo).expect("stat").file_type()
+    ));
+    // Nothing was left beside them: src, fifo, link, app.
+    assert_eq!(entries(work.path()).len(), 4, "{:?}", entries(work.path()));
+}

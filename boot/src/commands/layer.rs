@@ -139,6 +139,8 @@ fn create(dir: &Path, out: &Path) -> anyhow::Result<String> {
     if !dir.is_dir() {
         bail!("fim-layer create: {} is not a directory", dir.display());
     }
+    fim_image::refuse_to_replace_a_non_file(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
     let parent = durable::dir_of(out);
     let (temp, stats) = layer_stack::write_layer_file(dir, parent, &BuildOptions::default())?;
     temp.persist(out)
