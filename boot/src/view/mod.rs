@@ -174,7 +174,12 @@ impl View {
                     _extraction: extraction,
                 };
                 if casefold {
-                    match casefold::serve(&places.root, isolation) {
+                    let below = if view.helper.is_some() {
+                        casefold::Below::FuseBackend
+                    } else {
+                        casefold::Below::KernelOverlay
+                    };
+                    match casefold::serve(&places.root, isolation, below) {
                         Ok(served) => view.casefold = Some(served),
                         Err(e) => {
                             view.detach();

@@ -32,22 +32,34 @@ use super::Isolation;
 use super::layer_server::run_on_thread;
 use crate::debug;
 
+/// What the casefold view is mounted over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Below {
+    /// The kernel overlay on a local file system: a close reports nothing, so the kernel
+    /// is told not to send one (a `flush` trip per close saved, and an `exec` opens
+    /// several files).
+    KernelOverlay,
+    /// A FUSE backend, whose flush may report a write error at close.
+    FuseBackend,
+}
+
 /// Mounts the casefold view over the writable view at `root`, served on threads of the
 /// daemon; returns its unmounter and a descriptor that hangs up when it stops.
 pub fn serve(
     root: &Path,
     isolation: Isolation,
+    below: Below,
 ) -> anyhow::Result<(fuser::SessionUnmounter, OwnedFd)> {
     let _step = debug::Step::new("daemon: mount the casefold view (FUSE)");
     // Taken before the mount covers it: the server reaches the view below through it.
-    let below = nix::fcntl::open(
+    let view = nix::fcntl::open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .with_context(|| format!("cannot open {}", root.display()))?;
     let (stale, stale_rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
-    let fs = server::CasefoldFs::new(below, root, stale)
+    let fs = server::CasefoldFs::new(view, root, stale, below)
         .map_err(|e| anyhow::anyhow!("cannot read {}: errno {}", root.display(), e.code()))?;
     let session = fuser::Session::new(fs, root, &config(isolation)).map_err(|e| {
         anyhow::anyhow!(

@@ -46,6 +46,28 @@ pub fn attr(id: u64, st: &libc::stat) -> FileAttr {
     }
 }
 
+/// What a listing with attributes gives for `.` and `..` of directory `ino`: its id and
+/// kind (the kernel takes nothing else from them).
+pub fn dot_attr(ino: INodeNo) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 pub fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
     match t {
         None => libc::timespec {

@@ -37,10 +37,11 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::Below;
 use super::inodes::{Inodes, Node};
 use super::names::DirNames;
 use super::sys::{self, Make, Result};
@@ -48,7 +49,7 @@ use super::sys::{self, Make, Result};
 mod attr;
 mod entries;
 
-use attr::{attr, timespec};
+use attr::{attr, dot_attr, timespec};
 use entries::Change;
 
 /// How long the kernel may trust an entry or attributes: every change comes through here.
@@ -79,11 +80,18 @@ pub struct CasefoldFs {
     shown_root: PathBuf,
     /// Collisions already named under `FIM_DEBUG`: (directory node, folded name).
     named: Mutex<HashSet<(u64, Vec<u8>)>>,
+    /// What the view below is: whether a close must be passed on.
+    below: Below,
 }
 
 impl CasefoldFs {
     /// Serves the view whose root directory is `root` (an `O_PATH` descriptor).
-    pub fn new(root: OwnedFd, shown_root: &Path, stale: Sender<(u64, Vec<u8>)>) -> Result<Self> {
+    pub fn new(
+        root: OwnedFd,
+        shown_root: &Path,
+        stale: Sender<(u64, Vec<u8>)>,
+        below: Below,
+    ) -> Result<Self> {
         let st = sys::stat_fd(&root)?;
         // SAFETY: umask only swaps the process's mask; it is put back at once.
         let umask = unsafe {
@@ -104,6 +112,7 @@ impl CasefoldFs {
             umask,
             shown_root: shown_root.to_path_buf(),
             named: Mutex::new(HashSet::new()),
+            below,
         })
     }
 
@@ -133,6 +142,8 @@ impl Filesystem for CasefoldFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for flag in [
             InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
@@ -431,6 +442,10 @@ impl Filesystem for CasefoldFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.below == Below::KernelOverlay {
+            // Nothing to pass on: the kernel stops sending flushes for this mount.
+            return reply.error(Errno::ENOSYS);
+        }
         // A close of a duplicate: what the view below does on close (a FUSE backend's
         // flush) happens now, with its error.
         // SAFETY: dup of an open descriptor; the duplicate is closed at once.
@@ -506,6 +521,65 @@ impl Filesystem for CasefoldFs {
                         *kind,
                         OsStr::from_bytes(name),
                     )
+                }
+            };
+            if full {
+                break;
+            }
+            index += 1;
+        }
+        reply.ok();
+    }
+
+    /// A listing with each entry's attributes, so a walk (`find`, `ls -l`) needs no
+    /// lookup per entry. Every entry sent counts as a lookup of its node, as the kernel
+    /// counts it; the kernel takes no node from `.` and `..`, whose attributes are only
+    /// their kind.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.listing(ino, fh, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let dir = match self.node(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let mut index = offset as usize;
+        while index < listing.len() + 2 {
+            let next = index as u64 + 1;
+            let full = match index {
+                0 | 1 => {
+                    let name = if index == 0 { "." } else { ".." };
+                    reply.add(ino, next, name, &NO_TTL, &dot_attr(ino), Generation(0))
+                }
+                _ => {
+                    let name = &listing[index - 2].2;
+                    match self.enter(&dir, name) {
+                        Ok(a) => {
+                            let full = reply.add(
+                                a.ino,
+                                next,
+                                OsStr::from_bytes(name),
+                                &TTL,
+                                &a,
+                                Generation(0),
+                            );
+                            if full {
+                                // Not sent: the kernel will not count it.
+                                self.inodes.forget(a.ino.0, 1);
+                            }
+                            full
+                        }
+                        // Gone since the listing: left out, as a new listing would.
+                        Err(_) => false,
+                    }
                 }
             };
             if full {
