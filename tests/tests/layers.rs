@@ -14,6 +14,7 @@ use fim_tests::{Rng, checks, is_root, skip, which};
 
 // Each check runs for every backend, as the invoker and as the unprivileged user.
 fim_tests::per_backend!(a_commit_keeps_deletions_and_replaced_directories);
+fim_tests::for_both!(a_commit_leaves_out_excluded_paths_and_refuses_bad_patterns);
 
 /// `fim verify` of the app's image.
 fn verify(app: &App) {
@@ -495,4 +496,65 @@ fn a_commit_stores_only_what_changed() {
         "the unchanged copy is not stored again"
     );
     assert_eq!(app.sh("cat /data/keep.txt").stdout, "keep\n");
+}
+
+fn a_commit_leaves_out_excluded_paths_and_refuses_bad_patterns(who: Who) {
+    let Some(app) = App::new("commit_excludes", who) else {
+        return;
+    };
+    app.sh(
+        "set -e; mkdir -p /data/cache/sub /data/kept; echo a > /data/cache/a.deb; \
+         echo b > /data/cache/b.txt; echo s > /data/cache/sub/c.deb; echo k > /data/kept/k.deb",
+    )
+    .assert_ok();
+    checks::wait_for_the_session_to_end(&app);
+    let image = app.image_bytes();
+    let upper = fim_tests::snapshot(&app.data_dir().join("upper"));
+    let name = app
+        .image
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    for (args, says) in [
+        (
+            &["--exclude"][..],
+            "fim-layer commit --exclude needs a PATTERN",
+        ),
+        (
+            &["--exclude", "data/cache/*.deb"],
+            "fim-layer commit --exclude data/cache/*.deb: the pattern must be an absolute path",
+        ),
+        (
+            &["--exclude", "/data/[cache"],
+            "fim-layer commit --exclude /data/[cache: ",
+        ),
+    ] {
+        let mut words = vec!["fim-layer", "commit"];
+        words.extend(args);
+        let out = app.run(&words);
+        out.assert_clean_failure(&format!("{name}: {says}"));
+        // Nothing lost, nothing changed.
+        assert!(app.image_bytes() == image, "{args:?} changed the image");
+        fim_tests::assert_same_tree(
+            &upper,
+            &fim_tests::snapshot(&app.data_dir().join("upper")),
+            &format!("the upper directory after {args:?}"),
+        );
+    }
+
+    // `*` matches within one component: /data/cache/sub/c.deb and /data/kept stay.
+    let out = app.run(["fim-layer", "commit", "--exclude", "/data/cache/*.deb"]);
+    out.assert_ok();
+    verify(&app);
+    let after = app.sh("cd /data; find cache kept -type f | sort; cat cache/b.txt");
+    after.assert_ok();
+    assert_eq!(
+        after.stdout, "cache/b.txt\ncache/sub/c.deb\nkept/k.deb\nb\n",
+        "{}",
+        after.stderr
+    );
+    // The left-out file is gone from the upper directory too, with what was committed.
+    checks::wait_for_the_session_to_end(&app);
+    assert!(!app.data_dir().join("upper/data/cache/a.deb").exists());
 }
