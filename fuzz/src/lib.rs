@@ -178,3 +178,45 @@ impl Drop for Sandbox {
         fim_packer::tarball::make_removable(self.root.path());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panics(f: impl FnOnce()) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    #[test]
+    fn writes_inside_the_staging_directory_are_allowed() {
+        let mut sandbox = Sandbox::new();
+        sandbox.input(b"archive");
+        std::fs::create_dir(sandbox.staging().join("dir")).unwrap();
+        std::fs::write(sandbox.staging().join("dir/file"), b"x").unwrap();
+        std::fs::write(sandbox.beside().join("temporary"), b"x").unwrap();
+        std::fs::remove_file(sandbox.beside().join("temporary")).unwrap();
+        sandbox.assert_untouched();
+    }
+
+    #[test]
+    fn a_file_beside_or_above_the_staging_directory_is_an_escape() {
+        let sandbox = Sandbox::new();
+        std::fs::write(sandbox.beside().join("escaped"), b"x").unwrap();
+        assert!(panics(|| sandbox.assert_untouched()));
+        let sandbox = Sandbox::new();
+        std::fs::create_dir(sandbox.staging().join("../../../up")).unwrap();
+        assert!(panics(|| sandbox.assert_untouched()));
+    }
+
+    #[test]
+    fn a_changed_canary_or_mode_is_an_escape() {
+        let sandbox = Sandbox::new();
+        std::fs::write(sandbox.staging().join("../../../canary.txt"), b"changed").unwrap();
+        assert!(panics(|| sandbox.assert_untouched()));
+        let sandbox = Sandbox::new();
+        use std::os::unix::fs::PermissionsExt;
+        let canary = sandbox.staging().join("../../canary");
+        std::fs::set_permissions(&canary, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(panics(|| sandbox.assert_untouched()));
+    }
+}
