@@ -347,6 +347,21 @@ mod tests {
     }
 
     #[test]
+    fn sniffing_a_stream_puts_its_first_bytes_back() {
+        let data = b"\x28\xb5\x2f\xfdthe rest";
+        let (compression, mut stream) = sniffed(&data[..]).unwrap();
+        assert_eq!(compression, Compression::Zstd);
+        let mut again = Vec::new();
+        stream.read_to_end(&mut again).unwrap();
+        assert_eq!(again, data);
+        let (compression, mut stream) = sniffed(&b"\x1f"[..]).unwrap();
+        assert_eq!(compression, Compression::None);
+        again.clear();
+        stream.read_to_end(&mut again).unwrap();
+        assert_eq!(again, b"\x1f");
+    }
+
+    #[test]
     fn pax_times_keep_nanoseconds_and_dates_before_1970() {
         assert_eq!(
             parse_pax_time("1577836800.123456789"),
