@@ -9,10 +9,10 @@ use fim_image::{ImageWriter, read_launcher};
 use fim_layers::{BuildOptions, ContentOrder, DEFAULT_LEVEL, WhiteoutFormat};
 use fim_reserved::{BootCommand, Reserved};
 
+use fim_packer::progress::{Bar, human, report_layer};
+use fim_packer::{oci, tarball};
+
 use crate::Whiteouts;
-use crate::oci;
-use crate::progress::Bar;
-use crate::tarball;
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
@@ -346,33 +346,6 @@ fn stage(input: &Path, output: &Path) -> anyhow::Result<Staged> {
     Ok(Staged::Unpacked(dir))
 }
 
-/// Bytes in binary units, one decimal.
-/// The line `fim build` prints for each layer it wrote.
-pub fn report_layer(index: usize, stats: &fim_layers::BuildStats) {
-    eprintln!(
-        "fim: layer {index}: {} entries, {} of content ({} unique) -> {}",
-        stats.entries,
-        human(stats.content_bytes),
-        human(stats.unique_bytes),
-        human(stats.layer_size)
-    );
-}
-
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,12 +359,5 @@ mod tests {
         assert!(parse_size("1K").is_err());
         assert!(parse_size("128M").is_err());
         assert!(parse_size("lots").is_err());
-    }
-
-    #[test]
-    fn human_sizes_use_binary_units() {
-        assert_eq!(human(999), "999 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(5 << 30), "5.0 GiB");
     }
 }

@@ -7,7 +7,7 @@ use fim_image::{Image, ImageError};
 use fim_layers::{BlockCache, DEFAULT_CACHE_BYTES, Stack, extract as extract_stack, hex};
 use serde::Serialize;
 
-use crate::build::human;
+use fim_packer::progress::human;
 
 #[derive(Serialize)]
 struct Report {

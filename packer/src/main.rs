@@ -4,9 +4,6 @@
 mod build;
 mod inspect;
 mod mount;
-mod oci;
-mod progress;
-mod tarball;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
-//! The build progress bar: on stderr, only when stderr is a terminal.
+//! What `fim` tells the user while it builds: the progress bar (on stderr, only when stderr
+//! is a terminal), the line for each layer written, and sizes in binary units.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -35,5 +36,44 @@ impl fim_layers::Progress for Bar {
     }
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
+    }
+}
+
+/// The line `fim build` prints for each layer it wrote.
+pub fn report_layer(index: usize, stats: &fim_layers::BuildStats) {
+    eprintln!(
+        "fim: layer {index}: {} entries, {} of content ({} unique) -> {}",
+        stats.entries,
+        human(stats.content_bytes),
+        human(stats.unique_bytes),
+        human(stats.layer_size)
+    );
+}
+
+/// Bytes in binary units, one decimal.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_use_binary_units() {
+        assert_eq!(human(999), "999 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 30), "5.0 GiB");
     }
 }

@@ -32,22 +32,46 @@ pub fn sniff(head: &[u8]) -> Compression {
     }
 }
 
+/// Unpacks a root-filesystem tarball, compressed or not, into `dest`.
 pub fn unpack(input: &Path, dest: &Path) -> anyhow::Result<()> {
-    let mut file = BufReader::new(File::open(input)?);
-    let mut head = [0u8; 6];
-    let n = file.read(&mut head)?;
     let file = BufReader::new(File::open(input)?);
-    let reader: Box<dyn Read> = match sniff(&head[..n]) {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(file)),
-    };
-    let count = unpack_stream(reader, dest)?;
+    let (compression, stream) = sniffed(file)?;
+    let count = unpack_stream(decoder(stream, compression)?, dest)?;
     if count == 0 {
         bail!("the archive is empty or not a tar archive");
     }
     Ok(())
+}
+
+/// `reader` decompressed as `compression` says.
+pub fn decoder<'a>(
+    reader: impl Read + 'a,
+    compression: Compression,
+) -> anyhow::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(reader)),
+    })
+}
+
+/// The compression of a stream, from its first bytes, and the stream with them put back.
+pub fn sniffed<'a>(
+    mut reader: impl Read + 'a,
+) -> anyhow::Result<(Compression, Box<dyn Read + 'a>)> {
+    let mut head = [0u8; 6];
+    let mut n = 0;
+    while n < head.len() {
+        let got = reader.read(&mut head[n..])?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    let compression = sniff(&head[..n]);
+    let again = std::io::Cursor::new(head[..n].to_vec()).chain(reader);
+    Ok((compression, Box::new(again)))
 }
 
 /// Unpacks an uncompressed tar stream into `dest` (an image layer, or a root filesystem
@@ -320,6 +344,21 @@ mod tests {
         assert_eq!(sniff(b"\xfd7zXZ\0"), Compression::Xz);
         assert_eq!(sniff(b"usr/\0\0"), Compression::None);
         assert_eq!(sniff(b""), Compression::None);
+    }
+
+    #[test]
+    fn sniffing_a_stream_puts_its_first_bytes_back() {
+        let data = b"\x28\xb5\x2f\xfdthe rest";
+        let (compression, mut stream) = sniffed(&data[..]).unwrap();
+        assert_eq!(compression, Compression::Zstd);
+        let mut again = Vec::new();
+        stream.read_to_end(&mut again).unwrap();
+        assert_eq!(again, data);
+        let (compression, mut stream) = sniffed(&b"\x1f"[..]).unwrap();
+        assert_eq!(compression, Compression::None);
+        again.clear();
+        stream.read_to_end(&mut again).unwrap();
+        assert_eq!(again, b"\x1f");
     }
 
     #[test]

@@ -14,8 +14,6 @@ use std::rc::Rc;
 use anyhow::{Context, bail};
 use sha2::{Digest as _, Sha256};
 
-use crate::tarball::{self, Compression};
-
 /// The files of an image archive, by their path inside it.
 pub enum Store {
     Dir(PathBuf),
@@ -225,37 +223,6 @@ impl<R: Read> Read for Hashing<R> {
         }
         Ok(n)
     }
-}
-
-/// `reader` decompressed as `compression` says.
-pub fn decoder<'a>(
-    reader: impl Read + 'a,
-    compression: Compression,
-) -> anyhow::Result<Box<dyn Read + 'a>> {
-    Ok(match compression {
-        Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(reader)),
-    })
-}
-
-/// The compression of a stream, from its first bytes, and the stream with them put back.
-pub fn sniffed<'a>(
-    mut reader: impl Read + 'a,
-) -> anyhow::Result<(Compression, Box<dyn Read + 'a>)> {
-    let mut head = [0u8; 6];
-    let mut n = 0;
-    while n < head.len() {
-        let got = reader.read(&mut head[n..])?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
-    let compression = tarball::sniff(&head[..n]);
-    let again = std::io::Cursor::new(head[..n].to_vec()).chain(reader);
-    Ok((compression, Box::new(again)))
 }
 
 #[cfg(test)]
