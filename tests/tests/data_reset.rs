@@ -107,9 +107,13 @@ fn a_removed_data_directory_under_a_running_instance_is_refused_in_one_line(
     let ended = running.wait_with_output().expect("wait for the app");
     assert!(ended.status.success(), "{ended:?}");
     assert_eq!(String::from_utf8_lossy(&ended.stdout), "still here\n");
-    wait_for_the_session_to_end(&app);
 
-    // Once it is gone, the image runs on a fresh data directory.
+    // Once it is gone, the image runs on a fresh data directory: at once, while the old
+    // session lingers (it makes way), and in a session of its own.
+    let out = app.sh(LOOK_AND_WRITE);
+    out.assert_ok();
+    assert_eq!(out.stdout, "etc\nnew\n", "{}", out.stderr);
+    wait_for_the_session_to_end(&app);
     let out = app.sh(LOOK_AND_WRITE);
     out.assert_ok();
     assert_eq!(out.stdout, "etc\nnew\n", "{}", out.stderr);

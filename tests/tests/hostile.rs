@@ -170,14 +170,21 @@ fn a_crafted_layer_name_reaches_nothing_outside(who: Who) {
         append_layer(&app.image, &layer, digest);
         let before = entries(app.dir.path());
 
-        // Served by FUSE: no entry of that directory is shown or read (the kernel may
-        // show it empty or fail the listing), and the rest of the image runs.
+        // Served by FUSE: the directory's listing fails (EIO), so no name is shown, not
+        // even `.` and `..` (busybox's ls stops at a failed read of a directory without a
+        // word or a status), a lookup in it fails with EIO, and the rest of the image runs.
         let out = app.sh(
-            "ls -a /crafted 2>/dev/null | grep -vx '[.]*'; cat /crafted/* 2>/dev/null; \
+            "ls -a /crafted; echo \"ls $?\"; cat /crafted/file /crafted/*; echo \"cat $?\"; \
              cat /etc/hostname >/dev/null && echo rest",
         );
         out.assert_ok();
-        assert_eq!(out.stdout, "rest\n", "{shown}");
+        assert_eq!(out.stdout, "ls 0\ncat 1\nrest\n", "{shown}: {}", out.stderr);
+        assert_eq!(
+            out.stderr,
+            "cat: can't open '/crafted/file': Input/output error\n\
+             cat: can't open '/crafted/*': Input/output error\n",
+            "{shown}"
+        );
         wait_for_the_session_to_end(&app);
 
         // Extracted (no FUSE): one line, nothing extracted beside the cache.

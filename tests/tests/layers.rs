@@ -554,7 +554,24 @@ fn a_commit_leaves_out_excluded_paths_and_refuses_bad_patterns(who: Who) {
         "{}",
         after.stderr
     );
-    // The left-out file is gone from the upper directory too, with what was committed.
+    // The left-out file is gone from the upper directory too, with what was committed:
+    // no file is left there.
     checks::wait_for_the_session_to_end(&app);
-    assert!(!app.data_dir().join("upper/data/cache/a.deb").exists());
+    let upper = fim_tests::snapshot(&app.data_dir().join("upper"));
+    let files: Vec<String> = upper
+        .nodes
+        .iter()
+        .filter(|(_, node)| node.kind != fim_tests::tree::Kind::Dir)
+        .map(|(path, _)| fim_tests::tree::show(path))
+        .collect();
+    assert_eq!(files, Vec::<String>::new(), "left in the upper directory");
+    // What was kept lives in the new layer: the same files with no data directory.
+    std::fs::remove_dir_all(app.data_dir()).expect("remove the data directory");
+    let fresh = app.sh("cd /data; find cache kept -type f | sort");
+    fresh.assert_ok();
+    assert_eq!(
+        fresh.stdout, "cache/b.txt\ncache/sub/c.deb\nkept/k.deb\n",
+        "{}",
+        fresh.stderr
+    );
 }

@@ -424,7 +424,7 @@ impl<'a> Daemon<'a> {
             send(
                 stream,
                 &Greeting::Failed(format!(
-                    "{} was removed or replaced while {} of this image {} on the old one; close {}, then run the image again",
+                    "{} was removed or replaced while {} of this image {} on the old one; close {}, then try again",
                     gone.display(),
                     match clients.len() {
                         1 => "an instance".to_string(),

@@ -6,7 +6,8 @@
 //!
 //! The directories are held by descriptor, so their inodes cannot be reused while the
 //! session lives: a directory at the same path with the same inode number is the same
-//! directory.
+//! directory. A data directory that is a symlink (to a larger disk, say) is followed, as
+//! the mount followed it: pointing the link elsewhere replaces the directory.
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -20,13 +21,23 @@ pub struct MountedData {
 }
 
 impl MountedData {
-    /// Opens the data and upper directories the session is about to mount. `None` when
-    /// either cannot be opened (the mount will say why).
+    /// Opens the data and upper directories the session is about to mount. `None`, said
+    /// under `FIM_DEBUG`, when either cannot be opened (the mount will say why): such a
+    /// session cannot tell a reset.
     pub fn hold(places: &Places) -> Option<MountedData> {
-        let dirs = [&places.data, &places.upper]
-            .into_iter()
-            .map(|dir| Some((dir.clone(), open_dir(dir)?)))
-            .collect::<Option<Vec<_>>>()?;
+        let mut dirs = Vec::with_capacity(2);
+        for dir in [&places.data, &places.upper] {
+            match open_dir(dir) {
+                Ok(file) => dirs.push((dir.clone(), file)),
+                Err(e) => {
+                    crate::debug::log(format!(
+                        "daemon: cannot hold {} ({e}); a removed data directory will not be noticed",
+                        dir.display()
+                    ));
+                    return None;
+                }
+            }
+        }
         Some(MountedData { dirs })
     }
 
@@ -35,7 +46,7 @@ impl MountedData {
     pub fn gone(&self) -> Option<&Path> {
         self.dirs.iter().find_map(|(path, held)| {
             let held = held.metadata().ok()?;
-            let now = std::fs::symlink_metadata(path).ok();
+            let now = std::fs::metadata(path).ok();
             let same = now.is_some_and(|now| now.dev() == held.dev() && now.ino() == held.ino());
             // A removed directory has no links left.
             (held.nlink() == 0 || !same).then_some(path.as_path())
@@ -43,12 +54,11 @@ impl MountedData {
     }
 }
 
-fn open_dir(dir: &Path) -> Option<File> {
+fn open_dir(dir: &Path) -> std::io::Result<File> {
     File::options()
         .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(dir)
-        .ok()
 }
 
 #[cfg(test)]
@@ -89,6 +99,23 @@ mod tests {
         let held = MountedData::hold(&places).expect("held");
         std::fs::remove_dir_all(&places.data).expect("rm");
         std::fs::create_dir_all(&places.upper).expect("again");
+        assert_eq!(held.gone(), Some(places.data.as_path()));
+    }
+
+    #[test]
+    fn a_data_directory_behind_a_symlink_is_held_and_gone_once_the_link_points_elsewhere() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let disk = tmp.path().join("disk");
+        std::fs::create_dir_all(disk.join("one")).expect("one");
+        std::fs::create_dir_all(disk.join("two")).expect("two");
+        let places = places_in(tmp.path());
+        std::os::unix::fs::symlink(disk.join("one"), &places.data).expect("link");
+        std::fs::create_dir_all(&places.upper).expect("upper");
+        let held = MountedData::hold(&places).expect("held through the link");
+        assert_eq!(held.gone(), None);
+        std::fs::remove_file(&places.data).expect("unlink");
+        std::os::unix::fs::symlink(disk.join("two"), &places.data).expect("relink");
+        std::fs::create_dir_all(&places.upper).expect("upper two");
         assert_eq!(held.gone(), Some(places.data.as_path()));
     }
 

@@ -43,6 +43,20 @@ pub enum Below {
     FuseBackend,
 }
 
+/// The server holds a descriptor for every node the kernel remembers, and a walk with
+/// readdirplus makes the kernel remember every entry listed: the soft limit of 1,024 would
+/// fail a `find` over a large tree with EMFILE. The daemon takes the hard limit the host
+/// allows (no privilege needed); if it cannot, it keeps what it has.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        debug::log(format!("casefold: descriptor limit stays at {soft}: {e}"));
+    }
+}
+
 /// Mounts the casefold view over the writable view at `root`, served on threads of the
 /// daemon; returns its unmounter and a descriptor that hangs up when it stops.
 pub fn serve(
@@ -58,6 +72,7 @@ pub fn serve(
         nix::sys::stat::Mode::empty(),
     )
     .with_context(|| format!("cannot open {}", root.display()))?;
+    raise_descriptor_limit();
     let (stale, stale_rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
     let fs = server::CasefoldFs::new(view, root, stale, below)
         .map_err(|e| anyhow::anyhow!("cannot read {}: errno {}", root.display(), e.code()))?;

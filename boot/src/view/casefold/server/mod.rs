@@ -578,7 +578,13 @@ impl Filesystem for CasefoldFs {
                             full
                         }
                         // Gone since the listing: left out, as a new listing would.
-                        Err(_) => false,
+                        Err(e) if e == Errno::ENOENT => false,
+                        // Anything else (out of descriptors, an I/O error) is not hidden as
+                        // a missing entry: the first entry reports it; after others, the
+                        // listing stops here and the kernel's next call from this offset
+                        // reports it.
+                        Err(e) if index == offset as usize => return reply.error(e),
+                        Err(_) => true,
                     }
                 }
             };
