@@ -82,17 +82,28 @@ fn create_user(name: &str) -> Result<(u32, u32), String> {
     if let Some(ids) = ids(name) {
         return Ok(ids);
     }
-    let out = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/bin/sh", name])
-        .output()
-        .map_err(|e| format!("cannot run useradd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "useradd failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    setup_step(
+        Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/bin/sh", name]),
+        "useradd",
+        "useradd",
+    )?;
     ids(name).ok_or_else(|| "useradd made no user".into())
+}
+
+/// Runs a step of the tests' setup; its failure is `cannot run PROGRAM: ...` or `WHAT
+/// failed: STDERR`, for a skip to print.
+fn setup_step(cmd: &mut Command, program: &str, what: &str) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// While alive, [`TEST_USER`] may open `/dev/fuse`; the last one dropped removes the ACL.
@@ -104,16 +115,11 @@ impl FuseAccess {
     fn grant() -> Result<FuseAccess, String> {
         let mut holders = FUSE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
         if *holders == 0 {
-            let out = Command::new("setfacl")
-                .args(["-m", &format!("u:{TEST_USER}:rw"), "/dev/fuse"])
-                .output()
-                .map_err(|e| format!("cannot run setfacl (package acl): {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "setfacl on /dev/fuse failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
+            setup_step(
+                Command::new("setfacl").args(["-m", &format!("u:{TEST_USER}:rw"), "/dev/fuse"]),
+                "setfacl (package acl)",
+                "setfacl on /dev/fuse",
+            )?;
         }
         *holders += 1;
         Ok(FuseAccess)

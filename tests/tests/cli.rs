@@ -33,6 +33,17 @@ fn entries(dir: &Path) -> Vec<OsString> {
     names
 }
 
+/// `fim build SOURCE -o OUT` at the default level, whatever its outcome (the library's
+/// `build` must succeed).
+fn try_build(source: &Path, out: &Path) -> Output {
+    fim([
+        OsStr::new("build"),
+        source.as_os_str(),
+        OsStr::new("-o"),
+        out.as_os_str(),
+    ])
+}
+
 fn image_run(image: &Path, args: &[&str]) -> Output {
     run(Command::new(image).args(args).env_remove("FIM_OVERLAY"))
 }
@@ -145,12 +156,7 @@ fn build_of_a_missing_path_fails_cleanly_and_leaves_nothing() {
     let image = outdir.join("image");
     let missing = work.path().join("does-not-exist");
 
-    let out = fim([
-        OsStr::new("build"),
-        missing.as_os_str(),
-        OsStr::new("-o"),
-        image.as_os_str(),
-    ]);
+    let out = try_build(&missing, &image);
     out.assert_clean_failure("fim: ");
     assert!(out.stderr.contains("does-not-exist"), "{}", out.stderr);
     assert_eq!(entries(&outdir), Vec::<OsString>::new());
@@ -197,23 +203,11 @@ fn build_refuses_bad_inputs_with_one_line() {
     let text_launcher = put(&inputs, "launcher", b"#!/bin/sh\n");
 
     for bad in [&not_tar, &gz_garbage, &empty, &fifo] {
-        fim([
-            OsStr::new("build"),
-            bad.as_os_str(),
-            OsStr::new("-o"),
-            image.as_os_str(),
-        ])
-        .assert_clean_failure("fim: ");
+        try_build(bad, &image).assert_clean_failure("fim: ");
         assert_eq!(entries(&outdir), Vec::<OsString>::new(), "after {bad:?}");
     }
     // -o naming a directory, and a launcher that is not an ELF.
-    fim([
-        OsStr::new("build"),
-        good.as_os_str(),
-        OsStr::new("-o"),
-        outdir.as_os_str(),
-    ])
-    .assert_clean_failure("fim: ");
+    try_build(&good, &outdir).assert_clean_failure("fim: ");
     fim([
         OsStr::new("build"),
         good.as_os_str(),
@@ -465,12 +459,7 @@ fn tarball_cannot_write_through_a_planted_symlink() {
         builder.finish().expect("finish tarball");
     }
     let out = work.path().join("image");
-    let result = fim([
-        OsStr::new("build"),
-        tarball.as_os_str(),
-        OsStr::new("-o"),
-        out.as_os_str(),
-    ]);
+    let result = try_build(&tarball, &out);
     assert!(!result.success(), "an escaping archive was accepted");
     assert!(
         result.stderr.contains("outside the root"),
@@ -493,13 +482,7 @@ fn output_inside_the_input_is_not_packed_into_itself() {
     let image = src.join("app");
     for _ in 0..2 {
         // The second build also finds the first image at the output path.
-        fim([
-            OsStr::new("build"),
-            src.as_os_str(),
-            OsStr::new("-o"),
-            image.as_os_str(),
-        ])
-        .assert_ok();
+        try_build(&src, &image).assert_ok();
     }
     let out = work.path().join("out");
     fim([OsStr::new("extract"), image.as_os_str(), out.as_os_str()]).assert_ok();
@@ -527,24 +510,13 @@ fn an_output_that_is_a_device_fifo_or_symlink_is_never_replaced() {
     std::os::unix::fs::symlink(work.path().join("target"), &link).expect("symlink");
     for out in [&fifo, &link] {
         let before = fs::symlink_metadata(out).expect("stat").file_type();
-        let built = fim([
-            OsStr::new("build"),
-            src.as_os_str(),
-            OsStr::new("-o"),
-            out.as_os_str(),
-        ]);
+        let built = try_build(&src, out);
         built.assert_clean_failure(&format!("fim: creating {}: it is a", out.display()));
         assert_eq!(fs::symlink_metadata(out).expect("stat").file_type(), before);
     }
     // A layer file written by an image: `fim-layer create` the same.
     let image = work.path().join("app");
-    fim([
-        OsStr::new("build"),
-        src.as_os_str(),
-        OsStr::new("-o"),
-        image.as_os_str(),
-    ])
-    .assert_ok();
+    try_build(&src, &image).assert_ok();
     let created = run(Command::new(&image)
         .args([
             OsStr::new("fim-layer"),

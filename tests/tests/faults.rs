@@ -172,6 +172,18 @@ fn nothing_left(app: &App, runtime: &Path) {
     );
 }
 
+/// Kills the session daemon of the two instances `children`: each launcher ends with one
+/// line naming it, and the next run starts afresh. `shown` labels the timing printed.
+fn killing_the_daemon_ends_both(app: &App, marker: &str, children: Vec<Launcher>, shown: &str) {
+    let daemon = daemon_of(children[0].0.id());
+    sigkill(daemon);
+    let killed = Instant::now();
+    let slowest =
+        each_launcher_ends_with_one_line(children, killed, &format!("daemon (pid {daemon}) died"));
+    eprintln!("killed_daemon {shown}: the launchers ended {slowest:?} after the kill");
+    the_next_run_starts_afresh(app, marker);
+}
+
 fn a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh(backend: &'static str, who: Who) {
     let Some(app) = app("killed_daemon", who, backend) else {
         return;
@@ -179,13 +191,7 @@ fn a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh(backend: &'stat
     let marker = marker(&app, 1);
     let children = two_sleeping_instances(&app, &marker);
     wait_for(|| apps(&marker).len() == 2, "the apps");
-    let daemon = daemon_of(children[0].0.id());
-    sigkill(daemon);
-    let killed = Instant::now();
-    let slowest =
-        each_launcher_ends_with_one_line(children, killed, &format!("daemon (pid {daemon}) died"));
-    eprintln!("killed_daemon {backend} {who:?}: the launchers ended {slowest:?} after the kill");
-    the_next_run_starts_afresh(&app, &marker);
+    killing_the_daemon_ends_both(&app, &marker, children, &format!("{backend} {who:?}"));
 }
 
 fn a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh(
@@ -252,11 +258,5 @@ fn without_user_namespaces_a_killed_daemon_leaves_no_host_mount() {
         !host_mounts_mentioning(&runtime).is_empty(),
         "the session's mounts are the host's"
     );
-    let daemon = daemon_of(children[0].0.id());
-    sigkill(daemon);
-    let killed = Instant::now();
-    let slowest =
-        each_launcher_ends_with_one_line(children, killed, &format!("daemon (pid {daemon}) died"));
-    eprintln!("killed_daemon without userns: the launchers ended {slowest:?} after the kill");
-    the_next_run_starts_afresh(&app, &marker);
+    killing_the_daemon_ends_both(&app, &marker, children, "without userns");
 }

@@ -14,7 +14,6 @@ use super::Command;
 use super::ephemeral::effective_ephemeral;
 use super::image::self_path;
 use crate::commit::{self, Target};
-use crate::durable;
 use crate::places::Places;
 use crate::session;
 use crate::view::layer_stack::{self, LayerFile, Origin};
@@ -139,13 +138,7 @@ fn create(dir: &Path, out: &Path) -> anyhow::Result<String> {
     if !dir.is_dir() {
         bail!("fim-layer create: {} is not a directory", dir.display());
     }
-    fim_image::refuse_to_replace_a_non_file(out)
-        .with_context(|| format!("cannot create {}", out.display()))?;
-    let parent = durable::dir_of(out);
-    let (temp, stats) = layer_stack::write_layer_file(dir, parent, &BuildOptions::default())?;
-    temp.persist(out)
-        .with_context(|| format!("cannot create {}", out.display()))?;
-    durable::sync_dir(parent);
+    let stats = layer_stack::create_layer_file(dir, out, &BuildOptions::default())?;
     Ok(format!(
         "created {}: {} entries, {} bytes, digest {}",
         out.display(),

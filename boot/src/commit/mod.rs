@@ -136,14 +136,8 @@ pub fn commit(
             Ok(format!("committed to {} ({})", path.display(), size(bytes)))
         }
         Target::File(path) => {
-            fim_image::refuse_to_replace_a_non_file(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            let dir = durable::dir_of(path);
-            let (temp, stats) =
-                layer_stack::write_layer_file(&places.upper, dir, &options).map_err(no_space)?;
-            temp.persist(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            durable::sync_dir(dir);
+            let stats =
+                layer_stack::create_layer_file(&places.upper, path, &options).map_err(no_space)?;
             Ok(format!(
                 "wrote {} ({}); the upper directory is unchanged",
                 path.display(),

@@ -21,6 +21,7 @@ use fim_layers::{
 use memmap2::Mmap;
 
 use super::markers::{Lower, LowerEntry};
+use crate::durable;
 
 /// Where a layer comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,23 @@ pub fn write_layer_file(
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", temp.path().display()))?;
     Ok((temp.into_temp_path(), stats))
+}
+
+/// Writes the layer of `source` to the file `out`, whole or not at all: never renamed over
+/// a device, fifo, directory or symlink, and durable in its directory once it returns.
+pub fn create_layer_file(
+    source: &Path,
+    out: &Path,
+    options: &BuildOptions,
+) -> anyhow::Result<BuildStats> {
+    fim_image::refuse_to_replace_a_non_file(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let dir = durable::dir_of(out);
+    let (temp, stats) = write_layer_file(source, dir, options)?;
+    temp.persist(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    durable::sync_dir(dir);
+    Ok(stats)
 }
 
 /// The managed layers directory of a data directory.
