@@ -255,7 +255,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             Order::Path => ContentOrder::Path,
         },
         exclude: Vec::new(),
-        owner_as_root: None,
+        // A normal user's own files are root's inside, as in a rootless container build:
+        // the image's sessions map that user to root, and the files stay theirs to write.
+        owner_as_root: packer_if_not_root(),
     };
 
     let (tools, notes) = tools_to_embed(&args)?;
@@ -344,6 +346,13 @@ fn stage(input: &Path, output: &Path) -> anyhow::Result<Staged> {
         .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
     tarball::unpack(input, dir.path()).with_context(|| format!("unpacking {}", input.display()))?;
     Ok(Staged::Unpacked(dir))
+}
+
+/// The packer's uid and gid, unless it is root.
+fn packer_if_not_root() -> Option<(u32, u32)> {
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    (euid != 0).then_some((euid, egid))
 }
 
 #[cfg(test)]

@@ -39,9 +39,29 @@ pub const TEST_USER: &str = "fim-e2e";
 pub enum Who {
     /// Whoever runs the tests (root in CI).
     Invoker,
-    /// The unprivileged [`TEST_USER`].
+    /// The unprivileged [`TEST_USER`], who has no subordinate ids.
     User,
+    /// The unprivileged [`SUBIDS_USER`], whom `/etc/subuid` and `/etc/subgid` give a range
+    /// (and `newuidmap`/`newgidmap` must be installed).
+    UserWithSubids,
 }
+
+impl Who {
+    /// The created user's name; `None` for the invoker.
+    pub fn user_name(self) -> Option<&'static str> {
+        match self {
+            Who::Invoker => None,
+            Who::User => Some(TEST_USER),
+            Who::UserWithSubids => Some(SUBIDS_USER),
+        }
+    }
+}
+
+/// Name of the unprivileged user with subordinate ids.
+pub const SUBIDS_USER: &str = "fim-e2e-subids";
+
+/// The range [`SUBIDS_USER`] gets in `/etc/subuid` and `/etc/subgid`: 65,536 ids from here.
+pub const SUBIDS_START: u32 = 300_000;
 
 /// uid and gid of a user, from `id`.
 fn ids(user: &str) -> Option<(u32, u32)> {
@@ -56,6 +76,39 @@ fn ids(user: &str) -> Option<(u32, u32)> {
 fn test_user() -> Result<(u32, u32), String> {
     static USER: OnceLock<Result<(u32, u32), String>> = OnceLock::new();
     USER.get_or_init(|| create_user(TEST_USER)).clone()
+}
+
+/// Creates [`SUBIDS_USER`] once, with its range of subordinate ids.
+fn subids_user() -> Result<(u32, u32), String> {
+    static USER: OnceLock<Result<(u32, u32), String>> = OnceLock::new();
+    USER.get_or_init(|| {
+        if which("newuidmap").is_none() || which("newgidmap").is_none() {
+            return Err("newuidmap and newgidmap are not installed (package uidmap)".into());
+        }
+        let ids = create_user(SUBIDS_USER)?;
+        let has_range = |file: &str| {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with(&format!("{SUBIDS_USER}:")))
+        };
+        if !has_range("/etc/subuid") || !has_range("/etc/subgid") {
+            let range = format!("{SUBIDS_START}-{}", SUBIDS_START + 65_535);
+            setup_step(
+                Command::new("usermod").args([
+                    "--add-subuids",
+                    &range,
+                    "--add-subgids",
+                    &range,
+                    SUBIDS_USER,
+                ]),
+                "usermod",
+                "usermod --add-subuids",
+            )?;
+        }
+        Ok(ids)
+    })
+    .clone()
 }
 
 /// Name of a second unprivileged user: a hostile neighbour of [`TEST_USER`] and of root.
@@ -106,33 +159,42 @@ fn setup_step(cmd: &mut Command, program: &str, what: &str) -> Result<(), String
     }
 }
 
-/// While alive, [`TEST_USER`] may open `/dev/fuse`; the last one dropped removes the ACL.
-pub struct FuseAccess;
+/// While alive, a created user may open `/dev/fuse`; the last one dropped for that user
+/// removes its ACL entry.
+pub struct FuseAccess(&'static str);
 
-static FUSE_HOLDERS: Mutex<usize> = Mutex::new(0);
+static FUSE_HOLDERS: Mutex<Vec<(&'static str, usize)>> = Mutex::new(Vec::new());
 
 impl FuseAccess {
-    fn grant() -> Result<FuseAccess, String> {
+    fn grant(user: &'static str) -> Result<FuseAccess, String> {
         let mut holders = FUSE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
-        if *holders == 0 {
-            setup_step(
-                Command::new("setfacl").args(["-m", &format!("u:{TEST_USER}:rw"), "/dev/fuse"]),
-                "setfacl (package acl)",
-                "setfacl on /dev/fuse",
-            )?;
+        let held = holders.iter().position(|(u, _)| *u == user);
+        match held {
+            Some(i) => holders[i].1 += 1,
+            None => {
+                setup_step(
+                    Command::new("setfacl").args(["-m", &format!("u:{user}:rw"), "/dev/fuse"]),
+                    "setfacl (package acl)",
+                    "setfacl on /dev/fuse",
+                )?;
+                holders.push((user, 1));
+            }
         }
-        *holders += 1;
-        Ok(FuseAccess)
+        Ok(FuseAccess(user))
     }
 }
 
 impl Drop for FuseAccess {
     fn drop(&mut self) {
         let mut holders = FUSE_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
-        *holders -= 1;
-        if *holders == 0 {
+        let Some(i) = holders.iter().position(|(u, _)| *u == self.0) else {
+            return;
+        };
+        holders[i].1 -= 1;
+        if holders[i].1 == 0 {
+            holders.remove(i);
             let _ = Command::new("setfacl")
-                .args(["-x", &format!("u:{TEST_USER}"), "/dev/fuse"])
+                .args(["-x", &format!("u:{}", self.0), "/dev/fuse"])
                 .status();
         }
     }
@@ -358,18 +420,18 @@ impl App {
                 let ids = unsafe { (libc::getuid(), libc::getgid()) };
                 (ids.0, ids.1, None)
             }
-            Who::User => {
-                let (uid, gid) = match test_user() {
-                    Ok(ids) => ids,
-                    Err(why) => {
-                        skip(&format!("{test} as {TEST_USER}: {why}"));
-                        return None;
-                    }
+            Who::User | Who::UserWithSubids => {
+                let name = who.user_name().unwrap_or(TEST_USER);
+                let created = if who == Who::User {
+                    test_user()
+                } else {
+                    subids_user()
                 };
-                match FuseAccess::grant() {
-                    Ok(access) => (uid, gid, Some(access)),
+                let fuse = created.and_then(|ids| Ok((ids, FuseAccess::grant(name)?)));
+                match fuse {
+                    Ok(((uid, gid), access)) => (uid, gid, Some(access)),
                     Err(why) => {
-                        skip(&format!("{test} as {TEST_USER}: {why}"));
+                        skip(&format!("{test} as {name}: {why}"));
                         return None;
                     }
                 }
@@ -446,11 +508,11 @@ impl App {
             cmd.env("FIM_OVERLAY", overlay);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        if self.who == Who::User {
+        if let Some(name) = self.who.user_name() {
             cmd.uid(self.uid)
                 .gid(self.gid)
                 .env("HOME", "/")
-                .env("USER", TEST_USER);
+                .env("USER", name);
         }
         cmd
     }

@@ -1,9 +1,10 @@
 //! Package managers inside an image: a Debian bookworm minbase root (made once by
 //! `tools/make-apt-rootfs`, kept under `.build/`), packed by `fim build`, given the network,
-//! then real `apt-get install` against the Debian archive over plain http, as root and as a
+//! then real `apt-get install` against the Debian archive over plain http: as root on each
+//! backend; as a created user with subordinate ids (mapped by newuidmap, owners kept); as a
 //! created user whose single id cannot switch users (set-id calls made no-ops); the accounts
-//! packages add, and a commit that leaves apt's caches out. Skipped, saying why, without
-//! root, debootstrap or the archive.
+//! packages add; a commit that leaves apt's caches out; an install killed half way and
+//! repaired. Skipped, saying why, without root, debootstrap, uidmap or the archive.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -12,7 +13,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fim_tests::sandbox::{App, Who, tools_dir};
+use fim_tests::run::SpawnRetrying;
+use fim_tests::sandbox::{App, SUBIDS_START, Who, tools_dir};
 use fim_tests::{build_with, run, skip};
 
 const ARCHIVE_HOST: &str = "deb.debian.org";
@@ -203,6 +205,233 @@ fn root_installs_packages_then_commits_without_the_caches() {
     );
 }
 
+/// As root on the FUSE backends: packages that add system users install, the users exist
+/// in a normal run and dpkg is content, as on the default backend.
+#[test]
+fn root_installs_packages_on_overlayfs() {
+    root_installs_packages_on("overlayfs");
+}
+
+#[test]
+fn root_installs_packages_on_unionfs() {
+    root_installs_packages_on("unionfs");
+}
+
+fn root_installs_packages_on(backend: &'static str) {
+    let test = format!("root_installs_packages_on_{backend}");
+    let program = if backend == "unionfs" {
+        "unionfs"
+    } else {
+        "fuse-overlayfs"
+    };
+    if !fim_tests::dist_dir().join(program).is_file() && fim_tests::which(program).is_none() {
+        skip(&format!("{test}: {program} is neither built nor installed"));
+        return;
+    }
+    let Some(app) = app(&test, Who::Invoker, true) else {
+        return;
+    };
+    let app = app.with_overlay(backend);
+    let mut install = app.command([
+        "fim-root",
+        "sh",
+        "-c",
+        "apt-get update -q && apt-get install -y -q --no-install-recommends dbus openssh-server",
+    ]);
+    install.env("FIM_DEBUG", "1");
+    let out = run(&mut install);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains(&format!("daemon: {program}: ")),
+        "the run was on {backend}: {}",
+        out.stderr
+    );
+    let users = app.run(["fim-exec", "getent", "passwd", "messagebus", "sshd"]);
+    users.assert_ok();
+    assert_eq!(users.stdout.lines().count(), 2, "{}", users.stdout);
+    let audit = app.run(["fim-exec", "dpkg", "--audit"]);
+    audit.assert_ok();
+    assert_eq!(audit.stdout.trim(), "", "dpkg --audit");
+}
+
+/// A created user with subordinate ids: apt's own _apt sandbox works with no apt option,
+/// files keep their owners (root's, _apt's, messagebus's) inside, on the host they are the
+/// subordinate ids', and a commit records the ids inside, as a later run as root sees them.
+#[test]
+fn user_with_subordinate_ids_installs_with_owners_kept() {
+    let test = "user_with_subordinate_ids";
+    let Some(app) = app(test, Who::UserWithSubids, true) else {
+        return;
+    };
+    let mut install = app.command([
+        "fim-root",
+        "sh",
+        "-c",
+        "apt-get update -q && apt-get install -y -q --no-install-recommends jq dbus",
+    ]);
+    install.env("FIM_DEBUG", "1");
+    let out = run(&mut install);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("subordinate ids exist"),
+        "FIM_DEBUG names the mode: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("no-ops"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("APT::Sandbox") && !out.stdout.contains("APT::Sandbox"),
+        "apt needed no option"
+    );
+    let jq = app.run(["fim-exec", "jq", "--version"]);
+    jq.assert_ok();
+    assert!(jq.stdout.starts_with("jq-1."), "{}", jq.stdout);
+    let owners = app.run([
+        "fim-root",
+        "stat",
+        "-c",
+        "%U:%G %n",
+        "/usr/bin/jq",
+        "/var/cache/apt/archives/partial",
+        "/usr/lib/dbus-1.0/dbus-daemon-launch-helper",
+    ]);
+    owners.assert_ok();
+    assert_eq!(
+        owners.stdout,
+        "root:root /usr/bin/jq\n\
+         _apt:root /var/cache/apt/archives/partial\n\
+         root:messagebus /usr/lib/dbus-1.0/dbus-daemon-launch-helper\n"
+    );
+    let ids = app.run([
+        "fim-root",
+        "stat",
+        "-c",
+        "%u %g",
+        "/var/cache/apt/archives/partial",
+        "/usr/lib/dbus-1.0/dbus-daemon-launch-helper",
+    ]);
+    ids.assert_ok();
+    let ids: Vec<(u32, u32)> = ids
+        .stdout
+        .lines()
+        .map(|l| {
+            let (u, g) = l.split_once(' ').expect("two ids");
+            (u.parse().expect("uid"), g.parse().expect("gid"))
+        })
+        .collect();
+    let (apt_uid, bus_gid) = (ids[0].0, ids[1].1);
+    // On the host, in the upper directory, they are the subordinate ids.
+    let upper = app.data_dir().join("upper");
+    let host = |path: &str| {
+        let meta = std::fs::symlink_metadata(upper.join(path)).expect("in the upper directory");
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta),
+        )
+    };
+    assert_eq!(
+        host("usr/lib/dbus-1.0/dbus-daemon-launch-helper"),
+        (app.uid, SUBIDS_START + bus_gid - 1),
+        "root is the user, messagebus a subordinate id"
+    );
+    assert_eq!(host("usr/bin/jq"), (app.uid, app.gid));
+    if upper.join("var/cache/apt/archives/partial").exists() {
+        assert_eq!(
+            host("var/cache/apt/archives/partial").0,
+            SUBIDS_START + apt_uid - 1
+        );
+    }
+
+    commit_without_apt_caches(&app);
+    assert_eq!(
+        std::fs::read_dir(&upper).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the committed upper directory is emptied, subordinate ids' files too"
+    );
+    // The layer holds the ids inside: root sees them so after the user's commit.
+    let root_data = app.dir.path().join("root-data");
+    let out = run(Command::new(&app.image)
+        .args([
+            "fim-exec",
+            "stat",
+            "-c",
+            "%U:%G",
+            "/usr/bin/jq",
+            "/usr/lib/dbus-1.0/dbus-daemon-launch-helper",
+        ])
+        .env("FIM_DIR_DATA", &root_data)
+        .env("TMPDIR", app.tmp_dir()));
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, "root:root\nroot:messagebus\n",
+        "as root after the commit"
+    );
+}
+
+/// An install killed with SIGKILL while dpkg unpacks: apt then says dpkg was interrupted,
+/// `dpkg --configure -a` repairs it, and the install completes with dpkg content.
+#[test]
+fn an_install_killed_half_way_is_repaired_by_dpkg_configure() {
+    let test = "install_killed_half_way";
+    let Some(app) = app(test, Who::Invoker, true) else {
+        return;
+    };
+    app.run(["fim-root", "apt-get", "update", "-q"]).assert_ok();
+    app.run([
+        "fim-root",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--download-only",
+        "python3",
+    ])
+    .assert_ok();
+    let mut install = app.command(["fim-root", "apt-get", "install", "-y", "-q", "python3"]);
+    install
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = install.spawn_retrying();
+    // dpkg journals each step in /var/lib/dpkg/updates as a numbered file (written as
+    // tmp.i, then renamed): kill once one is there.
+    let updates = app.data_dir().join("upper/var/lib/dpkg/updates");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let begun = loop {
+        let journaled = std::fs::read_dir(&updates).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())
+            })
+        });
+        if journaled || std::time::Instant::now() > deadline {
+            break journaled;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(begun, "dpkg began before the install ended");
+    let again = app.run(["fim-root", "apt-get", "install", "-y", "-q", "python3"]);
+    assert!(
+        !again.success() && again.stderr.contains("dpkg --configure -a"),
+        "apt says dpkg was interrupted: {}",
+        again.stderr
+    );
+    app.run(["fim-root", "dpkg", "--configure", "-a"])
+        .assert_ok();
+    app.run(["fim-root", "apt-get", "install", "-y", "-q", "python3"])
+        .assert_ok();
+    let audit = app.run(["fim-exec", "dpkg", "--audit"]);
+    audit.assert_ok();
+    assert_eq!(audit.stdout.trim(), "", "dpkg --audit");
+    let python = app.run(["fim-exec", "python3", "-c", "print(6 * 7)"]);
+    python.assert_ok();
+    assert_eq!(python.stdout, "42\n");
+}
+
 /// A created user without subordinate ids: apt's _apt sandbox and dpkg's chowns complete
 /// because the set-id and chown calls are made no-ops; jq then runs in a normal run.
 #[test]
@@ -241,6 +470,57 @@ fn user_without_subordinate_ids_installs_through_noop_ids() {
         out.stdout.trim(),
         "0:0 root",
         "as root after the user's commit"
+    );
+}
+
+/// The two modes without a package manager or the network, on the base image: a user
+/// without subordinate ids on a kernel without seccomp filters is refused in one line that
+/// says what to do, with nothing in the upper directory touched; a user with subordinate
+/// ids needs no filter there, and a chown to another id is real (a subordinate id's on the
+/// host).
+#[test]
+fn fim_root_modes_on_a_kernel_without_seccomp() {
+    let Some(app) = App::new("no_seccomp", Who::User) else {
+        return;
+    };
+    app.run(["fim-exec", "sh", "-c", "echo kept > /data/kept"])
+        .assert_ok();
+    let out = run(app
+        .command(["fim-root", "true"])
+        .env("FIM_TEST_NO_SECCOMP", "1"));
+    out.assert_clean_failure("app.flatimage: fim-root: only your own id exists");
+    assert!(
+        out.stderr.contains("usermod --add-subuids"),
+        "{}",
+        out.stderr
+    );
+    let kept = std::fs::read_to_string(app.data_dir().join("upper/data/kept"));
+    assert_eq!(kept.ok().as_deref(), Some("kept\n"), "nothing lost");
+
+    let Some(app) = App::new("no_seccomp_subids", Who::UserWithSubids) else {
+        return;
+    };
+    let out = run(app
+        .command([
+            "fim-root",
+            "sh",
+            "-c",
+            "touch /data/f && chown 42:43 /data/f && stat -c %u:%g /data/f && id -u",
+        ])
+        .env("FIM_TEST_NO_SECCOMP", "1")
+        .env("FIM_DEBUG", "1"));
+    out.assert_ok();
+    assert_eq!(out.stdout, "42:43\n0\n");
+    assert!(
+        out.stderr.contains("with your subordinate ids"),
+        "{}",
+        out.stderr
+    );
+    let meta = std::fs::metadata(app.data_dir().join("upper/data/f")).expect("upper file");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (SUBIDS_START + 41, SUBIDS_START + 42)
     );
 }
 

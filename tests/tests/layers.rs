@@ -575,3 +575,83 @@ fn a_commit_leaves_out_excluded_paths_and_refuses_bad_patterns(who: Who) {
         fresh.stderr
     );
 }
+
+/// A normal user's own files are root's in what they pack, `fim build` and `fim-layer
+/// create` alike, as in a rootless container build: the image's sessions make that user
+/// root, and a run as root finds root's files. Other owners stay as they are.
+#[test]
+fn a_normal_users_own_files_are_roots_in_what_they_pack() {
+    let Some(app) = App::new("packed_by_a_user", Who::User) else {
+        return;
+    };
+    let tree = app.host_dir("tree");
+    std::fs::create_dir(tree.join("data")).expect("mkdir");
+    std::fs::write(tree.join("data/mine"), "mine\n").expect("write");
+    std::fs::write(tree.join("data/roots"), "root's\n").expect("write");
+    std::fs::write(tree.join("data/others"), "another user's\n").expect("write");
+    std::os::unix::fs::chown(tree.join("data/others"), Some(4242), Some(4343)).expect("chown");
+    app.own(&tree.join("data"));
+    app.own(&tree.join("data/mine"));
+    let built = app.dir.path().join("built.flatimage");
+    let out = fim_tests::run(&mut app.program(
+        fim_tests::fim_path(),
+        [
+            "build".as_ref(),
+            tree.as_os_str(),
+            "-o".as_ref(),
+            built.as_os_str(),
+        ],
+    ));
+    out.assert_ok();
+    let layer = app.dir.path().join("tree.layer");
+    app.run([
+        "fim-layer".as_ref(),
+        "create".as_ref(),
+        tree.as_os_str(),
+        layer.as_os_str(),
+    ])
+    .assert_ok();
+    app.run(["fim-layer".as_ref(), "add".as_ref(), layer.as_os_str()])
+        .assert_ok();
+
+    // Read back as root, who keeps owners when extracting.
+    let owners = |dir: &Path| -> Vec<(u32, u32)> {
+        ["data", "data/mine", "data/roots", "data/others"]
+            .iter()
+            .map(|p| {
+                let meta = std::fs::symlink_metadata(dir.join(p)).expect("extracted");
+                use std::os::unix::fs::MetadataExt;
+                (meta.uid(), meta.gid())
+            })
+            .collect()
+    };
+    let from_build = app.dir.path().join("from-build");
+    fim_tests::fim([
+        "extract".as_ref(),
+        built.as_os_str(),
+        from_build.as_os_str(),
+    ])
+    .assert_ok();
+    let from_create = app.dir.path().join("from-create");
+    let out = fim_tests::run(
+        std::process::Command::new(&app.image)
+            .args([
+                "fim-layer".as_ref(),
+                "extract".as_ref(),
+                "1".as_ref(),
+                from_create.as_os_str(),
+            ])
+            .env("TMPDIR", app.tmp_dir()),
+    );
+    out.assert_ok();
+    // The user's are root's; root's file (written by the test, as root) stays root's, and
+    // another user's stays theirs.
+    for dir in [&from_build, &from_create] {
+        assert_eq!(
+            owners(dir),
+            vec![(0, 0), (0, 0), (0, 0), (4242, 4343)],
+            "{}",
+            dir.display()
+        );
+    }
+}

@@ -64,7 +64,10 @@ pub const ROOT: Command = Command {
            FIM_ROOT=1 makes every run do so. On the host, files it creates belong to you.\n\
            The image's own /etc/passwd and /etc/group are used, writable: users and groups\n\
            that packages, useradd or groupadd add are kept, and later runs know them.\n\
-           Run by a normal user, only one id exists inside, so calls that switch users or\n\
+           Run by a normal user whom /etc/subuid and /etc/subgid give a range (with\n\
+           newuidmap and newgidmap, package uidmap), those ids exist inside: _apt and\n\
+           messagebus are real, and files keep their owners (on the host, the subordinate\n\
+           ids own them). Without a range only one id exists, so calls that switch users or\n\
            give files to another owner (setuid, setgroups, chown...) succeed without doing\n\
            anything, and apt is told to download without its _apt sandbox (APT_CONFIG, in\n\
            /tmp); every file stays yours. FIM_DEBUG=1 says which mode a run uses.",

@@ -66,6 +66,13 @@ fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
             let change = ChangeLock::acquire(&places.image)?;
             let instances = session::refuse_if_running(&places)?;
             let data = session::take_data(&places)?;
+            // Files that subordinate ids own in the upper directory are read, and removed
+            // once committed, in a user namespace mapped as the sessions are.
+            let (uid, gid) = (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            );
+            session::namespaces::enter_for_commit(uid, gid)?;
             println!(
                 "{}",
                 commit::commit(&places, (&change, &instances, &data), &target, &excludes)?
@@ -138,7 +145,11 @@ fn create(dir: &Path, out: &Path) -> anyhow::Result<String> {
     if !dir.is_dir() {
         bail!("fim-layer create: {} is not a directory", dir.display());
     }
-    let stats = layer_stack::create_layer_file(dir, out, &BuildOptions::default())?;
+    let options = BuildOptions {
+        owner_as_root: layer_stack::own_files_as_root(),
+        ..BuildOptions::default()
+    };
+    let stats = layer_stack::create_layer_file(dir, out, &options)?;
     Ok(format!(
         "created {}: {} entries, {} bytes, digest {}",
         out.display(),

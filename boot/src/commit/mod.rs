@@ -67,14 +67,13 @@ pub fn commit(
     let mut exclude = unchanged_copies(&places.upper, &stack)?;
     exclude.extend(excluded(&places.upper, excludes)?);
     // A normal user's session is a user namespace in which the user is root: what they
-    // own in the upper directory was root's there, and is root's in the layer, as a later
-    // run as root expects (files a package manager installed under fim-root).
-    let euid = nix::unistd::geteuid();
-    let owner_as_root = (!euid.is_root()).then(|| (euid.as_raw(), nix::unistd::getegid().as_raw()));
+    // own in the upper directory was root's there, and is root's in the layer. (In a
+    // namespace mapped for the commit, `namespaces::enter_for_commit`, the caller is
+    // root already and every owner reads as it is inside.)
     let options = BuildOptions {
         whiteouts: WhiteoutFormat::Overlay,
         exclude,
-        owner_as_root,
+        owner_as_root: layer_stack::own_files_as_root(),
         ..BuildOptions::default()
     };
     let no_space = |e: anyhow::Error| {

@@ -57,6 +57,36 @@ pub fn apt_config(image_has_main: bool) -> String {
     )
 }
 
+/// Test-only switch: with `1`, the kernel is taken to have no seccomp filters, as some
+/// kernels are built, so the refusal can be tested anywhere.
+pub const REFUSE_SECCOMP: &str = "FIM_TEST_NO_SECCOMP";
+
+/// Whether the kernel takes seccomp filters whose action is an errno (this filter's).
+pub fn supported() -> bool {
+    if std::env::var_os(REFUSE_SECCOMP).is_some_and(|v| v == "1") {
+        return false;
+    }
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 through the pointer, which is valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    rc == 0
+}
+
+/// Why `fim-root` cannot run for a normal user without subordinate ids on a kernel
+/// without seccomp filters, and what to do.
+pub fn refusal(user: &str) -> String {
+    format!(
+        "fim-root: only your own id exists in the image's user namespace and this kernel has no seccomp filters to make the other ids' calls harmless; give {user} subordinate ids (as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}; apt-get install uidmap), or use a kernel built with CONFIG_SECCOMP_FILTER"
+    )
+}
+
 /// The filter as bubblewrap reads it (`--add-seccomp-fd`): `struct sock_filter`s in a
 /// memfd, positioned at the start.
 pub fn filter_file() -> anyhow::Result<File> {

@@ -169,11 +169,18 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         && mountable_at(&root_dir, Path::new("/etc/passwd"))
         && mountable_at(&root_dir, Path::new("/etc/group")))
     .then(|| (passwd.as_raw_fd(), group.as_raw_fd()));
-    // fim-root for a normal user: the session's user namespace maps one id, so set-id and
-    // chown calls are made no-ops rather than failures.
-    let noop_ids = (launch.as_root && uid != 0 && !host_mounts)
-        .then(noop_ids::filter_file)
-        .transpose()?;
+    // fim-root for a normal user whose session's user namespace maps one id (no
+    // subordinate ids): set-id and chown calls are made no-ops rather than failures.
+    let one_id = namespaces::mapped_uids() == 1;
+    let needs_noop_ids = launch.as_root && uid != 0 && !host_mounts && one_id;
+    if needs_noop_ids && !noop_ids::supported() {
+        let user = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        bail!(noop_ids::refusal(&user));
+    }
+    let noop_ids = needs_noop_ids.then(noop_ids::filter_file).transpose()?;
     // apt cannot switch to _apt there: its settings for that, unless APT_CONFIG is set.
     let apt_config = match &noop_ids {
         Some(_) if !env.iter().any(|(k, _)| k == "APT_CONFIG") => {
@@ -186,6 +193,9 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
     debug::log(match (&noop_ids, launch.as_root) {
         (Some(_), _) => {
             "identity: fim-root with one id mapped: set-id and chown calls are no-ops (seccomp); apt without its _apt sandbox (APT_CONFIG)"
+        }
+        (None, true) if uid != 0 && !one_id => {
+            "identity: fim-root as the session's root, with your subordinate ids; the image's account files as they are"
         }
         (None, true) => {
             "identity: fim-root as the session's root, the image's account files as they are"

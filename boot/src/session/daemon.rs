@@ -162,10 +162,6 @@ impl<'a> Daemon<'a> {
                         places.data.display()
                     );
                 };
-                // A commit killed half way is finished (or forgotten) before the upper
-                // directory is mounted again. (Read as it is, either state shows the same
-                // files: an ephemeral view leaves it to the next normal run.)
-                journal::recover(places, layers.image)?;
                 Some(data_lock)
             }
             Writable::Ephemeral(_) => None,
@@ -210,6 +206,13 @@ impl<'a> Daemon<'a> {
             Writable::Ephemeral(_) => None,
         };
         let isolation = namespaces::create(uid, gid)?;
+        if data_lock.is_some() {
+            // A commit killed half way is finished (or forgotten) before the upper
+            // directory is mounted again; in the namespace, where files of subordinate
+            // ids can be removed. (Read as it is, either state shows the same files: an
+            // ephemeral view leaves it to the next normal run.)
+            journal::recover(places, layers.image)?;
+        }
         let mut view = View::mount(
             layers.image,
             served,

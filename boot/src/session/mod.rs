@@ -9,7 +9,8 @@
 //! How it flows: a launcher takes the user's session lock, connects to the socket of the
 //! image's runtime directory (`connect`), and reads the daemon's greeting (`greeting`);
 //! with no live daemon it forks one (`daemon`), which creates the namespaces
-//! (`namespaces`), recovers an interrupted commit, and mounts the view (`crate::view`).
+//! (`namespaces`, with the user's subordinate ids where the host gives some: `subids`),
+//! recovers an interrupted commit, and mounts the view (`crate::view`).
 //! The launcher then joins the daemon's namespaces and builds the sandbox there. A layer
 //! change asks a lingering session to make way first (`take_data`), and a session whose
 //! data directory was removed or replaced makes way for the launcher that finds it
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod greeting;
 mod mounted_data;
 pub mod namespaces;
+mod subids;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd};

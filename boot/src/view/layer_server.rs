@@ -28,7 +28,10 @@ pub fn serve(
             // The sandbox runs in a nested user namespace, not as the mounter.
             allow_other: true,
             threads: 0,
-            owner: (uid != 0).then_some((0, 0)),
+            // With one id mapped, every file is root's (the user's): the kernel overlay
+            // cannot copy up a file whose owner is not mapped. With subordinate ids,
+            // files keep their owners (`_apt`'s cache is `_apt`'s).
+            owner: (uid != 0 && crate::session::namespaces::mapped_uids() == 1).then_some((0, 0)),
         },
         // Through fusermount3, which allows `allow_other` only if the host says so; the
         // app runs as the user who mounts, and sees the tree as theirs.

@@ -122,6 +122,14 @@ pub fn create_layer_file(
     Ok(stats)
 }
 
+/// The caller's uid and gid, recorded as root's in the layers it writes, unless it is
+/// root: the user is root in the image's sessions, and a package manager run there under
+/// `fim-root` installs files a later run as root expects to be root's.
+pub fn own_files_as_root() -> Option<(u32, u32)> {
+    let euid = nix::unistd::geteuid();
+    (!euid.is_root()).then(|| (euid.as_raw(), nix::unistd::getegid().as_raw()))
+}
+
 /// The managed layers directory of a data directory.
 pub fn managed_dir(data: &Path) -> PathBuf {
     data.join("layers")
