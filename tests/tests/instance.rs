@@ -85,3 +85,36 @@ fn exec_enters_a_running_instance_and_sees_its_private_tmp(who: Who) {
     first.wait().expect("reap");
     wait_for(|| instances(&app).is_empty(), "an empty list");
 }
+
+/// A program entering a `fim-root` instance of a user with one id gets that instance's
+/// seccomp filter: a chown to another id succeeds without effect there, as it does in the
+/// instance, and apt's settings for that mode are in its environment. One entering a
+/// normal run's instance gets no filter: the same chown fails.
+#[test]
+fn exec_into_a_fim_root_instance_with_one_id_gets_its_filter() {
+    let Some(app) = App::new("instance_exec_noop_ids", Who::User) else {
+        return;
+    };
+    let chown = "touch /tmp/f && chown 42:42 /tmp/f && echo chowned; echo ${APT_CONFIG:-none}";
+    let mut root = app
+        .command(["fim-root", "sh", "-c", "echo up; exec sleep 60"])
+        .spawn_until_up();
+    let out = app.run(["fim-instance", "exec", "0", "sh", "-c", chown]);
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, "chowned\n/tmp/.fim-apt.conf\n",
+        "{}",
+        out.stderr
+    );
+    root.kill().expect("SIGKILL the launcher");
+    root.wait().expect("reap");
+    wait_for(|| instances(&app).is_empty(), "an empty list");
+
+    let mut user = start(&app, "echo up; exec sleep 60");
+    let out = app.run(["fim-instance", "exec", "0", "sh", "-c", chown]);
+    assert_eq!(out.stdout, "none\n", "{}", out.stderr);
+    // The kernel refuses an id the namespace does not map (EINVAL).
+    assert!(out.stderr.contains("chown: /tmp/f: "), "{}", out.stderr);
+    user.kill().expect("SIGKILL the launcher");
+    user.wait().expect("reap");
+}

@@ -36,6 +36,10 @@ pub struct Record {
     /// bubblewrap, whose child is the sandbox's first process.
     pub bwrap: i32,
     pub command: Vec<String>,
+    /// The app runs under the seccomp filter of `noop_ids` (`fim-root` with one id), which
+    /// a program entering it gets too.
+    #[serde(default)]
+    pub noop_ids: bool,
 }
 
 /// A registered instance; dropping it removes the record.
@@ -52,7 +56,12 @@ impl Drop for Registration {
 
 /// Records the calling launcher, whose sandbox is bubblewrap `bwrap`, under the lowest
 /// free id in `dir`.
-pub fn register(dir: &Path, bwrap: i32, command: &[OsString]) -> anyhow::Result<Registration> {
+pub fn register(
+    dir: &Path,
+    bwrap: i32,
+    command: &[OsString],
+    noop_ids: bool,
+) -> anyhow::Result<Registration> {
     let pid = std::process::id() as i32;
     let record = Record {
         pid,
@@ -65,6 +74,7 @@ pub fn register(dir: &Path, bwrap: i32, command: &[OsString]) -> anyhow::Result<
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
+        noop_ids,
     };
     // Written whole under a private name, then linked under its id: a reader never sees
     // half a record, and two launchers never take one id.
@@ -191,12 +201,18 @@ pub fn exec(record: &Record, command: &[OsString]) -> anyhow::Result<ExitCode> {
     let program = command[0].to_string_lossy().into_owned();
     let mut child = Command::new(&command[0]);
     child.args(&command[1..]).env_clear().envs(env);
+    // Made before the fork: the child only hands it to the kernel.
+    let filter = record
+        .noop_ids
+        .then(super::noop_ids::Filter::new)
+        .transpose()?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         child.pre_exec(move || {
-            // As the instance's app: no new privileges, and gone with this launcher.
+            // As the instance's app: no new privileges, its filter, gone with this launcher.
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || filter.as_ref().is_some_and(|f| !f.install())
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -348,6 +364,7 @@ mod tests {
             started: 0,
             bwrap: 0,
             command: vec!["sh".into()],
+            noop_ids: false,
         }
     }
 
@@ -363,13 +380,13 @@ mod tests {
     #[test]
     fn registration_takes_the_lowest_free_id_and_removes_its_record() {
         let dir = tempfile::tempdir().unwrap();
-        let first = register(dir.path(), 1, &["a".into()]).unwrap();
-        let second = register(dir.path(), 2, &["b".into()]).unwrap();
+        let first = register(dir.path(), 1, &["a".into()], false).unwrap();
+        let second = register(dir.path(), 2, &["b".into()], false).unwrap();
         let ids: Vec<u32> = list(dir.path()).iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [0, 1]);
         drop(first);
         assert_eq!(list(dir.path())[0].1.bwrap, 2);
-        let third = register(dir.path(), 3, &["c".into()]).unwrap();
+        let third = register(dir.path(), 3, &["c".into()], false).unwrap();
         assert_eq!(list(dir.path())[0], (0, read(&third.path).unwrap()));
         drop((second, third));
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
@@ -382,7 +399,7 @@ mod tests {
         std::fs::write(dir.path().join("0"), stale).unwrap();
         std::fs::write(dir.path().join("1"), b"garbage").unwrap();
         assert!(list(dir.path()).is_empty());
-        let _me = register(dir.path(), 9, &[]).unwrap();
+        let _me = register(dir.path(), 9, &[], false).unwrap();
         assert_eq!(list(dir.path())[0].0, 0);
     }
 }

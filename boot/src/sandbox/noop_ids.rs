@@ -107,6 +107,37 @@ pub fn filter_file() -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// The filter, compiled, for a process to install on itself (`fim-instance exec` into an
+/// instance that runs under it).
+pub struct Filter(BpfProgram);
+
+impl Filter {
+    pub fn new() -> anyhow::Result<Filter> {
+        Ok(Filter(program()?))
+    }
+
+    /// Installs the filter on the calling thread, which must have set no-new-privileges;
+    /// `false` with errno set when the kernel refuses. Async-signal-safe: one system call
+    /// on memory prepared before.
+    pub fn install(&self) -> bool {
+        let fprog = libc::sock_fprog {
+            len: self.0.len() as libc::c_ushort,
+            filter: self.0.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `fprog` points at the program's instructions, which outlive the call;
+        // seccompiler's `sock_filter` has the kernel's layout.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        rc == 0
+    }
+}
+
 /// The BPF program: the calls above return 0; everything else runs as usual.
 fn program() -> anyhow::Result<BpfProgram> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = NO_OPS.iter().map(|&n| (n, vec![])).collect();

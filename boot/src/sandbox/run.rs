@@ -253,7 +253,12 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         (status_read, status_write),
         &inherited,
         membership.ended(),
-        |bwrap_pid| match instance::register(&places.instances, bwrap_pid, &launch.command) {
+        |bwrap_pid| match instance::register(
+            &places.instances,
+            bwrap_pid,
+            &launch.command,
+            noop_ids.is_some(),
+        ) {
             Ok(r) => registration = Some(r),
             Err(e) => eprintln!("fim: fim-instance will not list this instance: {e:#}"),
         },
