@@ -34,6 +34,15 @@ pub struct StackFs {
     /// it is computed on the first `readdir`, not at `opendir`, which the kernel sends
     /// even when it serves the entries from its own cache.
     listings: Mutex<HashMap<u64, Listing>>,
+    /// Whether any layer holds an xattr; without any, the xattr requests are declined
+    /// for good (`ENOSYS`).
+    xattrs: bool,
+    /// Whether the kernel takes `ENOSYS` from `open` and `opendir` to mean "stop sending
+    /// them" (it then opens files and directories itself, with the page cache kept and
+    /// listings cached: what this server answers anyway), saving two round trips per
+    /// open file or listed directory.
+    no_open: bool,
+    no_opendir: bool,
 }
 
 /// Listings kept at most; beyond it the cache starts over (cheap to recompute).
@@ -42,6 +51,9 @@ const MAX_LISTINGS: usize = 4096;
 impl StackFs {
     pub fn new(stack: Arc<Stack>, owner: Option<(u32, u32)>) -> Self {
         StackFs {
+            xattrs: stack.has_xattrs(),
+            no_open: false,
+            no_opendir: false,
             stack,
             owner,
             listings: Mutex::new(HashMap::new()),
@@ -175,6 +187,12 @@ impl Filesystem for StackFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        self.no_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         Ok(())
@@ -208,6 +226,9 @@ impl Filesystem for StackFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
+        }
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
         }
         match self.entry(ino) {
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -262,6 +283,9 @@ impl Filesystem for StackFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.entry(ino) {
             Ok(e) if e.inode.is_dir() => reply.opened(
                 FileHandle(0),
@@ -362,6 +386,12 @@ impl Filesystem for StackFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            // The kernel then stops asking: without this, the kernel overlay above asks
+            // for `user.overlay.metacopy` on every file it looks up, and every exec for
+            // `security.capability`, one round trip each.
+            return reply.error(Errno::ENOSYS);
+        }
         let xattrs = match self
             .entry(ino)
             .and_then(|e| self.stack.xattrs(&e).map_err(to_errno))
@@ -378,6 +408,9 @@ impl Filesystem for StackFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let xattrs = match self
             .entry(ino)
             .and_then(|e| self.stack.xattrs(&e).map_err(to_errno))

@@ -175,6 +175,12 @@ impl Layer {
         &self.sb
     }
 
+    /// Whether any inode of the layer has an xattr: the xattr section, the last one of
+    /// the metadata, is not empty.
+    pub fn has_xattrs(&self) -> bool {
+        self.sb.meta_size > self.sb.xattrs_at
+    }
+
     /// Checks one table entry against the previous frame's end; returns this frame's end.
     fn check_entry(
         &self,

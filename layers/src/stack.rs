@@ -65,6 +65,11 @@ impl Stack {
         &self.layers
     }
 
+    /// Whether any layer has an xattr on any inode.
+    pub fn has_xattrs(&self) -> bool {
+        self.layers.iter().any(Layer::has_xattrs)
+    }
+
     fn sources(&self, dir: NodeId) -> Result<Sources> {
         if dir == ROOT {
             return Ok(self.root.clone());

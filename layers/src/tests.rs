@@ -151,6 +151,23 @@ fn metadata_types_modes_xattrs_and_hardlinks_survive() {
 }
 
 #[test]
+fn a_stack_knows_whether_any_layer_has_an_xattr() {
+    let plain = tempfile::tempdir().unwrap();
+    fs::write(plain.path().join("f"), b"x").unwrap();
+    let (_f, stack) = stack_of(&[plain.path()]);
+    assert!(!stack.has_xattrs(), "no xattr anywhere");
+
+    let marked = tempfile::tempdir().unwrap();
+    fs::write(marked.path().join("g"), b"y").unwrap();
+    if xattr::set(marked.path().join("g"), "user.k", b"v").is_err() {
+        eprintln!("skipped: the temporary directory takes no user xattrs");
+        return;
+    }
+    let (_g, stack) = stack_of(&[plain.path(), marked.path()]);
+    assert!(stack.has_xattrs(), "one layer of two has one");
+}
+
+#[test]
 fn sparse_file_stores_only_data_and_reads_holes_as_zeros() {
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("sparse");

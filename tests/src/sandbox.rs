@@ -277,6 +277,8 @@ pub struct Extra<'a> {
     pub host_paths: &'a [&'a str],
     /// Directories made writable by everyone (mode 1777).
     pub open_dirs: &'a [&'a str],
+    /// Extended attributes set before packing: path, name, value.
+    pub xattrs: &'a [(&'a str, &'a str, &'a str)],
 }
 
 /// The base root filesystem plus `extra`, built (compression level 3) as `name` once per
@@ -325,6 +327,9 @@ fn build_base_with(name: &str, options: &[&str], extra: &Extra) -> PathBuf {
     }
     for dir in extra.open_dirs {
         crate::fsutil::chmod(&rootfs.join(dir), 0o1777);
+    }
+    for (path, name, value) in extra.xattrs {
+        xattr::set(rootfs.join(path), name, value.as_bytes()).expect("set an xattr to pack");
     }
     add_host_programs(&rootfs, extra.programs);
     for path in extra.host_paths {

@@ -66,6 +66,7 @@ fn casefold_image() -> PathBuf {
                     programs: &[PYTHON],
                     host_paths: &PYTHON_LIB,
                     open_dirs: &["Program Files/Game"],
+                    xattrs: &[],
                 },
             )
         })

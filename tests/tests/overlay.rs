@@ -43,6 +43,7 @@ fim_tests::per_backend!(
     every_kind_of_change_persists_through_the_casefold_view,
     ten_concurrent_instances_share_one_view,
     sigkill_of_the_launcher_leaves_nothing_behind,
+    layer_xattrs_reach_the_app_and_an_image_without_any_declines_them,
 );
 
 /// Changes made under the first backend, read under the second, for every ordered pair.
@@ -88,6 +89,67 @@ fn app(test: &str, who: Who, backend: &'static str) -> Option<App> {
         return None;
     }
     Some(App::new(test, who)?.with_overlay(backend))
+}
+
+/// The base image with an xattr on `/data/keep.txt`, built once.
+fn image_with_an_xattr() -> PathBuf {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            fim_tests::sandbox::base_image_with(
+                "xattr.flatimage",
+                &fim_tests::sandbox::Extra {
+                    xattrs: &[("data/keep.txt", "user.fim", "stored")],
+                    ..Default::default()
+                },
+            )
+        })
+        .clone()
+}
+
+/// An xattr stored in a layer reaches the app through the writable view. An image
+/// without any xattr declines xattr requests for good (the kernel overlay would otherwise
+/// ask the layers for one on every lookup): listing an image file's xattrs says "not
+/// supported", and copying with `cp -a` and setting an xattr (on the copy-up) still work.
+fn layer_xattrs_reach_the_app_and_an_image_without_any_declines_them(
+    backend: &'static str,
+    who: Who,
+) {
+    let Some(app) = app("xattrs_without", who, backend) else {
+        return;
+    };
+    if app.sh("command -v setfattr && command -v getfattr").code() != Some(0) {
+        skip(&format!(
+            "xattrs with {backend}: attr is not installed on the host"
+        ));
+        return;
+    }
+    let out =
+        app.sh("getfattr -d /data/keep.txt; cp -a /data/keep.txt /data/copy && cat /data/copy");
+    assert_eq!(out.stdout, "keep\n", "{backend}: {}", out.stderr);
+    assert!(
+        out.stderr.contains("not supported"),
+        "{backend}: {}",
+        out.stderr
+    );
+    let unionfs_without_xattrs = backend == "unionfs"
+        && app
+            .sh("setfattr -n user.x -v 1 /data/copy")
+            .stderr
+            .contains("not supported");
+
+    let Some(app) = App::from_image("xattrs_with", who, &image_with_an_xattr()) else {
+        return;
+    };
+    let app = app.with_overlay(backend);
+    let get = app.sh("getfattr -n user.fim --only-values /data/keep.txt");
+    if unionfs_without_xattrs {
+        // Debian's unionfs-fuse 1.0 is built without xattr support (see changes_persist).
+        assert!(get.stderr.contains("not supported"), "{}", get.stderr);
+        return;
+    }
+    get.assert_ok();
+    assert_eq!(get.stdout, "stored", "{backend}: the layer's xattr");
 }
 
 fn manifest(app: &App) -> String {
