@@ -69,6 +69,11 @@ pub enum Whiteouts {
 }
 
 fn main() -> ExitCode {
+    // A reader that stops early (`fim inspect IMAGE | head`) ends us quietly, as it ends
+    // any Unix tool, instead of a panic on the next print. Nothing here writes to a pipe
+    // it must survive losing.
+    // SAFETY: restoring the default disposition of a signal installs no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -532,3 +532,26 @@ fn an_output_that_is_a_device_fifo_or_symlink_is_never_replaced() {
     // Nothing was left beside them: src, fifo, link, app.
     assert_eq!(entries(work.path()).len(), 4, "{:?}", entries(work.path()));
 }
+
+/// A reader that stops early ends `fim` quietly, as it ends any Unix tool: no panic
+/// about a broken pipe.
+#[test]
+fn a_reader_that_stops_early_ends_fim_quietly() {
+    let (_dir, _src, image) = small_image();
+    let mut child = Command::new(fim_tests::fim_path())
+        .args([OsStr::new("inspect"), image.as_os_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fim inspect");
+    // Close the reading end before fim writes: its first print meets a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for fim");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGPIPE),
+        "{stderr}"
+    );
+}
