@@ -179,8 +179,11 @@ impl Filesystem for StackFs {
         // Each capability is optional: an older kernel simply keeps its defaults.
         for flag in [
             InitFlags::FUSE_ASYNC_READ,
+            // Listings always with attributes (no `FUSE_READDIRPLUS_AUTO`, which sends
+            // plain READDIRs after a directory's first chunk): they come from the same
+            // merged listing, and each entry left out costs a LOOKUP when the kernel
+            // overlay (or the casefold view above it) stats it.
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
