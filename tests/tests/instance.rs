@@ -35,6 +35,7 @@ fn exec_enters_a_running_instance_and_sees_its_private_tmp(who: Who) {
     };
     let script = "echo secret > /tmp/mark; echo up; exec sleep 60";
     let mut first = start(&app, script);
+    wait_for(|| instances(&app).len() == 1, "the instance's record");
     let listed = instances(&app);
     assert_eq!(listed.len(), 1, "{listed:?}");
     let [id, pid, started, command] = &listed[0];
@@ -73,6 +74,12 @@ fn exec_enters_a_running_instance_and_sees_its_private_tmp(who: Who) {
 
     // A second instance takes the next id; one killed outright drops from the list.
     let mut second = start(&app, "echo up; exec sleep 60");
+    // The launcher records its instance once bubblewrap reports the sandbox's pid, which
+    // can come after the app's first line.
+    wait_for(
+        || instances(&app).len() == 2,
+        "the second instance's record",
+    );
     let ids: Vec<String> = instances(&app).into_iter().map(|[id, ..]| id).collect();
     assert_eq!(ids, ["0", "1"]);
     second.kill().expect("SIGKILL the second launcher");
@@ -99,6 +106,7 @@ fn exec_into_a_fim_root_instance_with_one_id_gets_its_filter() {
     let mut root = app
         .command(["fim-root", "sh", "-c", "echo up; exec sleep 60"])
         .spawn_until_up();
+    wait_for(|| instances(&app).len() == 1, "the instance's record");
     let out = app.run(["fim-instance", "exec", "0", "sh", "-c", chown]);
     out.assert_ok();
     assert_eq!(
@@ -111,6 +119,7 @@ fn exec_into_a_fim_root_instance_with_one_id_gets_its_filter() {
     wait_for(|| instances(&app).is_empty(), "an empty list");
 
     let mut user = start(&app, "echo up; exec sleep 60");
+    wait_for(|| instances(&app).len() == 1, "the instance's record");
     let out = app.run(["fim-instance", "exec", "0", "sh", "-c", chown]);
     assert_eq!(out.stdout, "none\n", "{}", out.stderr);
     // The kernel refuses an id the namespace does not map (EINVAL).
