@@ -232,14 +232,7 @@ fn root_installs_packages_on(backend: &'static str) {
         return;
     };
     let app = app.with_overlay(backend);
-    let mut install = app.command([
-        "fim-root",
-        "sh",
-        "-c",
-        "apt-get update -q && apt-get install -y -q --no-install-recommends dbus openssh-server",
-    ]);
-    install.env("FIM_DEBUG", "1");
-    let out = run(&mut install);
+    let out = update_and_install(&app, "dbus openssh-server");
     out.assert_ok();
     assert!(
         out.stderr.contains(&format!("daemon: {program}: ")),
@@ -263,14 +256,7 @@ fn user_with_subordinate_ids_installs_with_owners_kept() {
     let Some(app) = app(test, Who::UserWithSubids, true) else {
         return;
     };
-    let mut install = app.command([
-        "fim-root",
-        "sh",
-        "-c",
-        "apt-get update -q && apt-get install -y -q --no-install-recommends jq dbus",
-    ]);
-    install.env("FIM_DEBUG", "1");
-    let out = run(&mut install);
+    let out = update_and_install(&app, "jq dbus");
     out.assert_ok();
     assert!(
         out.stderr.contains("subordinate ids exist"),
@@ -440,14 +426,7 @@ fn user_without_subordinate_ids_installs_through_noop_ids() {
     let Some(app) = app(test, Who::User, true) else {
         return;
     };
-    let mut install = app.command([
-        "fim-root",
-        "sh",
-        "-c",
-        "apt-get update -q && apt-get install -y -q --no-install-recommends jq",
-    ]);
-    install.env("FIM_DEBUG", "1");
-    let out = run(&mut install);
+    let out = update_and_install(&app, "jq");
     out.assert_ok();
     assert!(
         out.stderr.contains("set-id and chown calls are no-ops"),
@@ -522,6 +501,16 @@ fn fim_root_modes_on_a_kernel_without_seccomp() {
         (meta.uid(), meta.gid()),
         (SUBIDS_START + 41, SUBIDS_START + 42)
     );
+}
+
+/// `fim-root apt-get update`, then `apt-get install` of `packages` (no recommends), with
+/// `FIM_DEBUG=1` so the output names the backend and the id mode.
+fn update_and_install(app: &App, packages: &str) -> fim_tests::Output {
+    let script =
+        format!("apt-get update -q && apt-get install -y -q --no-install-recommends {packages}");
+    let mut install = app.command(["fim-root", "sh", "-c", &script]);
+    install.env("FIM_DEBUG", "1");
+    run(&mut install)
 }
 
 /// Whether a directory holds a file whose name ends with `suffix`.
