@@ -235,6 +235,79 @@ fn names_are_found_whatever_their_case_and_kept_as_written(backend: &'static str
     assert_eq!(out.stdout, "t\n");
 }
 
+/// File contents through the casefold view, in one session: two opens of one file at
+/// once, appends, an overwrite in the middle, truncation, a program copied in and run, and
+/// 8 MiB of random bytes; then, with casefold off in a new session, the same bytes.
+const CONTENTS: &str = r#"set -e
+mkdir -p /data
+echo one >/data/Notes.txt
+exec 3>>/data/NOTES.TXT
+echo two >&3
+cat /data/notes.txt
+echo three >>/DATA/notes.TXT
+exec 3>&-
+printf XY | dd of=/data/Notes.txt bs=1 seek=1 conv=notrunc 2>/dev/null
+cat /data/NOTES.txt
+: >/data/notes.TXT
+wc -c </data/Notes.txt
+mkdir /data/Bin
+cp /bin/busybox /data/Bin/busybox
+/data/BIN/busybox echo ran
+dd if=/dev/urandom of=/data/Big.bin bs=1M count=8 2>/dev/null
+md5sum </data/BIG.BIN
+"#;
+
+fim_tests::per_backend!(file_contents_pass_through_for_the_hosts_root_and_are_served_otherwise);
+
+fn file_contents_pass_through_for_the_hosts_root_and_are_served_otherwise(
+    backend: &'static str,
+    who: Who,
+) {
+    let Some(app) = casefold_app("casefold contents", who, backend) else {
+        return;
+    };
+    let out = sh_with(&app, "1", &[("FIM_DEBUG", "1")], CONTENTS);
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..5],
+        ["one", "two", "oXY", "two", "three"],
+        "{backend}: {}",
+        out.stderr
+    );
+    assert_eq!(lines[5..7], ["0", "ran"], "{backend}: {}", out.stderr);
+    let sum = lines.get(7).copied().unwrap_or_default();
+    // Passed through only where the kernel lets the server register backing files: the
+    // host's root (the tests' invoker when they run as root). Said while the daemon
+    // still writes to the launcher's error output.
+    let log = &out.stderr;
+    // SAFETY: geteuid cannot fail.
+    let host_root = who == Who::Invoker && unsafe { libc::geteuid() } == 0;
+    let said = if host_root {
+        "casefold: file contents pass through to the view below"
+    } else {
+        "casefold: file contents go through the server"
+    };
+    assert!(
+        log.contains(said),
+        "{backend} {who:?}: not said: {said}\n{log}"
+    );
+    wait_for_the_session_to_end(&app);
+    let out = sh_with(
+        &app,
+        "0",
+        &[],
+        "md5sum </data/Big.bin; wc -c </data/Notes.txt",
+    );
+    out.assert_ok();
+    assert_eq!(
+        out.stdout,
+        format!("{sum}\n0\n"),
+        "{backend}: {}",
+        out.stderr
+    );
+}
+
 #[test]
 fn fim_casefold_writes_byte_10_and_show_says_where_the_state_comes_from() {
     let Some(app) = casefold_app("fim-casefold", Who::Invoker, "bwrap") else {

@@ -259,14 +259,12 @@ impl CasefoldFs {
         Ok(())
     }
 
-    /// The listing of the open directory `fh`, taken when it is read from the start.
+    /// The listing of directory `ino` read through handle `fh` (0 for every reader when
+    /// the kernel opens directories itself), taken when it is read from the start.
     pub(super) fn listing(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing> {
+        let key = (ino.0, fh.0);
         if offset > 0
-            && let Some(l) = self
-                .listings
-                .lock()
-                .ok()
-                .and_then(|l| l.get(&fh.0).cloned())
+            && let Some(l) = self.listings.lock().ok().and_then(|l| l.get(&key).cloned())
         {
             return Ok(l);
         }
@@ -289,9 +287,20 @@ impl CasefoldFs {
                 .collect(),
         );
         if let Ok(mut listings) = self.listings.lock() {
-            listings.insert(fh.0, listing.clone());
+            // Listings a reader left unfinished are not kept for ever.
+            if listings.len() >= MAX_LISTINGS {
+                listings.clear();
+            }
+            listings.insert(key, listing.clone());
         }
         Ok(listing)
+    }
+
+    /// The listing of `ino` read through `fh` is finished or released.
+    pub(super) fn listing_done(&self, ino: INodeNo, fh: FileHandle) {
+        if let Ok(mut listings) = self.listings.lock() {
+            listings.remove(&(ino.0, fh.0));
+        }
     }
 
     /// The path for an xattr call on node `ino`; a symlink's xattrs are not reachable

@@ -47,9 +47,11 @@ use super::names::DirNames;
 use super::sys::{self, Make, Result};
 
 mod attr;
+mod backing;
 mod entries;
 
 use attr::{attr, dot_attr, timespec};
+use backing::Backing;
 use entries::Change;
 
 /// How long the kernel may trust an entry or attributes: every change comes through here.
@@ -67,9 +69,16 @@ pub struct CasefoldFs {
     inodes: Inodes,
     /// Folded names by directory node.
     names: Mutex<HashMap<u64, Arc<DirNames>>>,
-    /// Open directories' listings, by handle (taken at the first `readdir`).
-    listings: Mutex<HashMap<u64, Listing>>,
+    /// Listings being read, by directory node and handle (taken when read from the start,
+    /// dropped at their end or release).
+    listings: Mutex<HashMap<(u64, u64), Listing>>,
     next_dir: AtomicU64,
+    /// Whether the kernel takes `ENOSYS` from `opendir` to mean "stop sending it" (it then
+    /// opens directories itself, listings cached, and sends no `releasedir`): two round
+    /// trips saved per directory listed.
+    no_opendir: bool,
+    /// File contents passed through to the files below, where the kernel allows it.
+    backing: Backing,
     /// Entries the kernel must drop, sent to the thread that tells it.
     stale: Mutex<Sender<(u64, Vec<u8>)>>,
     /// Who the server is: an object made for another caller is given to the caller.
@@ -104,6 +113,8 @@ impl CasefoldFs {
             names: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
+            no_opendir: false,
+            backing: Backing::default(),
             stale: Mutex::new(stale),
             own: (
                 nix::unistd::geteuid().as_raw(),
@@ -151,6 +162,25 @@ impl Filesystem for CasefoldFs {
             InitFlags::FUSE_MAX_PAGES,
         ] {
             let _ = config.add_capabilities(flag);
+        }
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        // Registering a backing file takes the host's root (CAP_SYS_ADMIN in the initial
+        // user namespace); anyone else would only pay for the deeper stack. The view below
+        // is one level deep (a kernel overlay over the layers' FUSE mount), so this mount
+        // is two: nothing can be stacked on it.
+        if nix::unistd::geteuid().is_root()
+            && crate::session::namespaces::mapped_uids() == u64::from(u32::MAX)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.backing.enable();
+            crate::debug::log("casefold: file contents pass through to the view below");
+        } else {
+            crate::debug::log(
+                "casefold: file contents go through the server (passthrough needs the host's root and a kernel that has it)",
+            );
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -385,9 +415,17 @@ impl Filesystem for CasefoldFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0 & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL);
-        match self.node(ino).and_then(|n| sys::reopen(&n.fd, flags)) {
-            Ok(fd) => reply.opened(FileHandle(fd_handle(fd)), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
+        let fd = match self.node(ino).and_then(|n| sys::reopen(&n.fd, flags)) {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(e),
+        };
+        let passed = self
+            .backing
+            .attach(ino.0, fd.as_raw_fd() as u64, || reply.open_backing(&fd));
+        let handle = FileHandle(fd_handle(fd));
+        match passed {
+            Some(id) => reply.opened_passthrough(handle, FopenFlags::empty(), &id),
+            None => reply.opened(handle, FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -457,13 +495,15 @@ impl Filesystem for CasefoldFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Before the descriptor closes: its number may be reused by the next open.
+        self.backing.detach(ino.0, fh.0);
         // SAFETY: the handle is a descriptor opened by `open`/`create`, released once.
         drop(unsafe { OwnedFd::from_raw_fd(sys::raw(fh.0)) });
         reply.ok();
@@ -487,6 +527,9 @@ impl Filesystem for CasefoldFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.node(ino) {
             Ok(_) => reply.opened(
                 FileHandle(self.next_dir.fetch_add(1, Ordering::Relaxed)),
@@ -527,6 +570,10 @@ impl Filesystem for CasefoldFs {
                 break;
             }
             index += 1;
+        }
+        if offset as usize >= listing.len() + 2 {
+            // The kernel reads until an empty answer: this listing has been read.
+            self.listing_done(ino, fh);
         }
         reply.ok();
     }
@@ -593,20 +640,22 @@ impl Filesystem for CasefoldFs {
             }
             index += 1;
         }
+        if offset as usize >= listing.len() + 2 {
+            // The kernel reads until an empty answer: this listing has been read.
+            self.listing_done(ino, fh);
+        }
         reply.ok();
     }
 
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut listings) = self.listings.lock() {
-            listings.remove(&fh.0);
-        }
+        self.listing_done(ino, fh);
         reply.ok();
     }
 
@@ -736,15 +785,25 @@ impl Filesystem for CasefoldFs {
             let a = self.enter(&dir, &real)?;
             Ok((a, fd, Self::entry_ttl(name, &real)))
         })();
-        match result {
-            Ok((a, fd, ttl)) => reply.created(
+        let (a, fd, ttl) = match result {
+            Ok(created) => created,
+            Err(e) => return reply.error(e),
+        };
+        let passed = self
+            .backing
+            .attach(a.ino.0, fd.as_raw_fd() as u64, || reply.open_backing(&fd));
+        let handle = FileHandle(fd_handle(fd));
+        match passed {
+            Some(id) => {
+                reply.created_passthrough(&ttl, &a, Generation(0), handle, FopenFlags::empty(), &id)
+            }
+            None => reply.created(
                 &ttl,
                 &a,
                 Generation(0),
-                FileHandle(fd_handle(fd)),
+                handle,
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(e),
         }
     }
 
