@@ -2,6 +2,7 @@
 //! read it in place through mmap, extract it, and serve a stack of layers as one merged
 //! read-only FUSE file system. Knows nothing of the image container or the runtime.
 
+mod ahead;
 pub mod error;
 pub mod extract;
 pub mod format;

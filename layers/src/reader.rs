@@ -2,7 +2,7 @@
 //! and data blocks are decompressed only when touched, and kept in one bounded cache.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
@@ -16,6 +16,10 @@ use crate::format::{
 /// by total bytes.
 pub struct BlockCache {
     cache: quick_cache::sync::Cache<(u64, u64), Arc<[u8]>, BlockWeighter>,
+    /// Data blocks being decompressed ahead of a reader.
+    ahead: crate::ahead::Marks,
+    /// Whether blocks may be decompressed ahead (see [`BlockCache::allow_decompress_ahead`]).
+    ahead_allowed: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -48,7 +52,26 @@ impl BlockCache {
             ),
             Err(_) => quick_cache::sync::Cache::with_weighter(items, capacity_bytes, BlockWeighter),
         };
-        Arc::new(BlockCache { cache })
+        Arc::new(BlockCache {
+            cache,
+            ahead: Default::default(),
+            ahead_allowed: AtomicBool::new(false),
+        })
+    }
+
+    /// Lets readers of this cache have blocks decompressed ahead, on a worker thread that
+    /// starts with the first such block. Off until asked: a process with a second thread
+    /// can no longer enter a new user namespace (`unshare` fails with EINVAL), so a caller
+    /// allows it only once it will not need one (the session daemon, after it made its
+    /// namespaces; `fim mount`).
+    pub fn allow_decompress_ahead(&self) {
+        self.ahead_allowed.store(true, Ordering::Relaxed);
+    }
+
+    /// Blocks and pages held.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.cache.len()
     }
 }
 
@@ -66,6 +89,9 @@ pub fn cpu_count() -> usize {
     }
 }
 
+/// Bytes served in place: the cached block that holds them, and their range in it.
+pub type InPlace = (Arc<[u8]>, std::ops::Range<usize>);
+
 /// Cache keys of metadata pages carry this bit; data blocks' keys are their index.
 const META_KEY: u64 = 1 << 63;
 
@@ -78,6 +104,7 @@ const NAME_MAX: usize = 255;
 static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One layer, read in place from a memory map.
+#[derive(Clone)]
 pub struct Layer {
     map: Arc<Mmap>,
     base: usize,
@@ -98,7 +125,9 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn decompress(src: &[u8], size: usize) -> Result<Vec<u8>> {
+/// Decompresses `src` into a new shared buffer of exactly `size` bytes. The buffer is
+/// what the block cache keeps: no second copy of every block on its way there.
+fn decompress(src: &[u8], size: usize) -> Result<Arc<[u8]>> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -110,13 +139,15 @@ fn decompress(src: &[u8], size: usize) -> Result<Vec<u8>> {
         let dec = slot
             .as_mut()
             .ok_or_else(|| LayerError::corrupt("no decompressor"))?;
-        let out = dec
-            .decompress(src, size)
+        // SAFETY: zeroed bytes are valid `u8`s.
+        let mut out: Arc<[u8]> = unsafe { Arc::<[u8]>::new_zeroed_slice(size).assume_init() };
+        let buffer = Arc::get_mut(&mut out).ok_or_else(|| LayerError::corrupt("shared buffer"))?;
+        let written = dec
+            .decompress_to_buffer(src, buffer)
             .map_err(|e| LayerError::corrupt(format!("zstd: {e}")))?;
-        if out.len() != size {
+        if written != size {
             return Err(LayerError::corrupt(format!(
-                "block decompressed to {} bytes, expected {size}",
-                out.len()
+                "block decompressed to {written} bytes, expected {size}"
             )));
         }
         Ok(out)
@@ -218,7 +249,7 @@ impl Layer {
     }
 
     /// Checked, decompressed bytes of one table entry.
-    fn load(&self, e: TableEntry, what: &str, index: u32) -> Result<Vec<u8>> {
+    fn load(&self, e: TableEntry, what: &str, index: u32) -> Result<Arc<[u8]>> {
         let start = self.base + e.offset as usize;
         // One large read instead of a page fault per 4 KiB when the image is not cached.
         let _ = self
@@ -251,7 +282,7 @@ impl Layer {
                     "metadata page {index} has the wrong size"
                 )));
             }
-            Ok(self.load(e, "metadata page", index)?.into())
+            self.load(e, "metadata page", index)
         })
     }
 
@@ -436,14 +467,43 @@ impl Layer {
             .collect()
     }
 
-    /// A decompressed data block, through the shared cache.
+    /// A decompressed data block, through the shared cache. A reader moving forward keeps
+    /// the next block being decompressed ahead: after a block it had to wait for, and at
+    /// the first use of one decompressed ahead.
     fn block(&self, index: u32) -> Result<Arc<[u8]>> {
+        let (block, loaded) = self.load_block(index)?;
+        if loaded || self.cache.ahead.take((self.id, index)) {
+            self.decompress_ahead(index + 1);
+        }
+        Ok(block)
+    }
+
+    /// Has block `index` decompressed on the worker thread, unless it is cached.
+    fn decompress_ahead(&self, index: u32) {
+        if index >= self.sb.block_count
+            || !self.cache.ahead_allowed.load(Ordering::Relaxed)
+            || self.cache.cache.contains_key(&(self.id, u64::from(index)))
+        {
+            return;
+        }
+        let layer = self.clone();
+        self.cache.ahead.ask((self.id, index), move || {
+            // An error is the reader's to meet, when it gets there.
+            let _ = layer.load_block(index);
+        });
+    }
+
+    /// Block `index` from the cache, or decompressed into it (then `true`).
+    fn load_block(&self, index: u32) -> Result<(Arc<[u8]>, bool)> {
         if index >= self.sb.block_count {
             return Err(LayerError::corrupt("data reference past the end"));
         }
-        self.cache
+        let mut loaded = false;
+        let block = self
+            .cache
             .cache
             .get_or_insert_with(&(self.id, u64::from(index)), || {
+                loaded = true;
                 self.prefetch_after(index);
                 let e = self.block_entry(index);
                 let expected = (self.sb.data_size
@@ -454,8 +514,9 @@ impl Layer {
                         "data block {index} has the wrong size"
                     )));
                 }
-                Ok(self.load(e, "data block", index)?.into())
-            })
+                self.load(e, "data block", index)
+            })?;
+        Ok((block, loaded))
     }
 
     /// Asks the kernel to start reading the next blocks' compressed bytes, so a sequential
@@ -493,6 +554,29 @@ impl Layer {
             done += n;
         }
         Ok(())
+    }
+
+    /// The decompressed block that holds bytes `[offset, offset + len)` of a file (cut at its
+    /// end) and their range in it, when they lie in one block of a file without holes: a
+    /// reader can use them in place. `None` otherwise (read them with [`Layer::read`]).
+    pub fn read_in_place(&self, inode: &Inode, offset: u64, len: usize) -> Result<Option<InPlace>> {
+        if inode.file_type() != S_IFREG || inode.is_sparse() || offset >= inode.size || len == 0 {
+            return Ok(None);
+        }
+        let len = (inode.size - offset).min(len as u64);
+        let bs = u64::from(self.sb.block_size);
+        let start = inode.a + offset;
+        let last = start + len - 1;
+        if start / bs != last / bs {
+            return Ok(None);
+        }
+        let block = self.block((start / bs) as u32)?;
+        let within = (start % bs) as usize;
+        let end = within + len as usize;
+        if end > block.len() {
+            return Err(LayerError::corrupt("data reference past the end"));
+        }
+        Ok(Some((block, within..end)))
     }
 
     /// Reads file content at `offset` into `out`; returns bytes read (short at end of file).

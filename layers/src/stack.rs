@@ -191,6 +191,16 @@ impl Stack {
         self.layers[entry.layer].read(&entry.inode, offset, out)
     }
 
+    /// See [`Layer::read_in_place`].
+    pub fn read_in_place(
+        &self,
+        entry: &Entry,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<crate::reader::InPlace>> {
+        self.layers[entry.layer].read_in_place(&entry.inode, offset, len)
+    }
+
     pub fn read_link(&self, entry: &Entry) -> Result<Vec<u8>> {
         self.layers[entry.layer].read_link(&entry.inode)
     }

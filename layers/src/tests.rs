@@ -94,6 +94,64 @@ fn content_spanning_many_blocks_reads_back_at_every_offset() {
 }
 
 #[test]
+fn a_read_within_one_block_is_served_in_place_and_others_are_not() {
+    let src = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.path().join("big"), &data).unwrap();
+    let (_f, stack) = stack_of(&[src.path()]);
+    let big = resolve(&stack, "big").unwrap();
+    // Within a 4 KiB block (the file starts at a block's start: it is the only one).
+    let (block, range) = stack.read_in_place(&big, 4096, 100).unwrap().unwrap();
+    assert_eq!(&block[range], &data[4096..4196]);
+    // Cut at the end of the file.
+    let (block, range) = stack.read_in_place(&big, 49_990, 4096).unwrap().unwrap();
+    assert_eq!(&block[range], &data[49_990..]);
+    // Across a block boundary, past the end, or empty: read with a buffer instead.
+    assert!(stack.read_in_place(&big, 4000, 200).unwrap().is_none());
+    assert!(stack.read_in_place(&big, 50_000, 10).unwrap().is_none());
+    assert!(stack.read_in_place(&big, 0, 0).unwrap().is_none());
+}
+
+#[test]
+fn a_reader_moving_forward_finds_the_next_block_decompressed_ahead() {
+    if crate::reader::cpu_count() < 2 {
+        eprintln!("skipped: one CPU, so nothing is decompressed ahead");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.path().join("big"), &data).unwrap();
+    let (file, size) = build(src.path(), &small_options());
+    let cache = BlockCache::new(1 << 20);
+    cache.allow_decompress_ahead();
+    // SAFETY: test file, not modified while mapped.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(file.as_file()).unwrap() });
+    let stack = Stack::new(vec![Layer::open(map, 0, size, cache.clone()).unwrap()]).unwrap();
+    let big = resolve(&stack, "big").unwrap();
+    let before = cache.held();
+    let mut buf = [0u8; 100];
+    stack.read(&big, 0, &mut buf).unwrap();
+    // Block 0 was read; block 1 arrives without a reader asking for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache.held() < before + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        cache.held(),
+        before + 2,
+        "the next block was not decompressed ahead"
+    );
+    // Read forward in steps that cross blocks: the bytes are right either way.
+    let mut offset = 0;
+    while offset < data.len() {
+        let mut step = [0u8; 3000];
+        let n = stack.read(&big, offset as u64, &mut step).unwrap();
+        assert_eq!(&step[..n], &data[offset..offset + n], "offset {offset}");
+        offset += n;
+    }
+}
+
+#[test]
 fn identical_files_are_stored_once() {
     let src = tempfile::tempdir().unwrap();
     let data = vec![42u8; 100_000];
@@ -189,6 +247,8 @@ fn sparse_file_stores_only_data_and_reads_holes_as_zeros() {
     let mut zeros = [1u8; 16];
     stack.read(&e, 100, &mut zeros).unwrap();
     assert_eq!(zeros, [0u8; 16]);
+    // Holes are not in any block: never served in place.
+    assert!(stack.read_in_place(&e, 5 << 20, 6).unwrap().is_none());
 }
 
 #[test]

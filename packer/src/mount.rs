@@ -22,8 +22,10 @@ fn stop_signals() -> libc::sigset_t {
 
 pub fn run(image_path: &Path, dir: &Path, allow_other: bool) -> anyhow::Result<()> {
     let image = crate::inspect::open(image_path)?;
+    let cache = BlockCache::new(DEFAULT_CACHE_BYTES);
+    cache.allow_decompress_ahead();
     let stack = image
-        .stack(BlockCache::new(DEFAULT_CACHE_BYTES))
+        .stack(cache)
         .map_err(|e| crate::inspect::in_image(image_path, e))?;
     if !dir.is_dir() {
         anyhow::bail!("{}: mount point is not a directory", dir.display());

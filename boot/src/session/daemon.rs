@@ -185,13 +185,10 @@ impl<'a> Daemon<'a> {
         let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("cannot create a signalfd")?;
 
+        let cache = BlockCache::new(DEFAULT_CACHE_BYTES);
         let stack = {
             let _step = debug::Step::new("daemon: open the layers");
-            layer_stack::open(
-                layers.image,
-                layers.extras,
-                BlockCache::new(DEFAULT_CACHE_BYTES),
-            )?
+            layer_stack::open(layers.image, layers.extras, cache.clone())?
         };
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
         let served = Layers::prepare(
@@ -206,6 +203,9 @@ impl<'a> Daemon<'a> {
             Writable::Ephemeral(_) => None,
         };
         let isolation = namespaces::create(uid, gid)?;
+        // No user namespace is made after this one: the layer server may use a thread to
+        // decompress ahead of its readers.
+        cache.allow_decompress_ahead();
         if data_lock.is_some() {
             // A commit killed half way is finished (or forgotten) before the upper
             // directory is mounted again; in the namespace, where files of subordinate
