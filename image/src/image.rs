@@ -22,7 +22,8 @@ pub struct Image {
     footer: Footer,
     layers: Vec<LayerEntry>,
     tools: Vec<ToolEntry>,
-    reserved: Reserved,
+    /// Shared: a run keeps it while the image itself may be opened again.
+    reserved: Arc<Reserved>,
 }
 
 impl std::fmt::Debug for Image {
@@ -105,8 +106,9 @@ impl Image {
         if expected_start > footer.table_offset {
             return Err(ImageError::corrupt("layers overlap the layer table"));
         }
-        let reserved =
-            Reserved::decode(&map[footer.reserved_offset as usize..reserved_end as usize])?;
+        let reserved = Arc::new(Reserved::decode(
+            &map[footer.reserved_offset as usize..reserved_end as usize],
+        )?);
         Ok(Image {
             path: path.to_owned(),
             map,
@@ -152,6 +154,10 @@ impl Image {
 
     pub fn reserved(&self) -> &Reserved {
         &self.reserved
+    }
+    /// The reserved block, shared rather than copied (512 KiB).
+    pub fn reserved_shared(&self) -> Arc<Reserved> {
+        self.reserved.clone()
     }
     pub fn len(&self) -> u64 {
         self.map.len() as u64

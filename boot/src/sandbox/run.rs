@@ -46,7 +46,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
     let gid = nix::unistd::getgid().as_raw();
     let cwd = std::env::current_dir().ok();
     let host = Env(std::env::vars_os().collect());
-    let config = image.reserved().clone();
+    let config = image.reserved_shared();
     if config.notify() {
         // Before any namespace: the session bus checks who connects.
         notify::announce(image.path(), &host);
