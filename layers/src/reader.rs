@@ -472,7 +472,10 @@ impl Layer {
     /// the first use of one decompressed ahead.
     fn block(&self, index: u32) -> Result<Arc<[u8]>> {
         let (block, loaded) = self.load_block(index)?;
-        if loaded || self.cache.ahead.take((self.id, index)) {
+        // Checked first: where it is not allowed, a read takes no lock for it.
+        if self.cache.ahead_allowed.load(Ordering::Relaxed)
+            && (loaded || self.cache.ahead.take((self.id, index)))
+        {
             self.decompress_ahead(index + 1);
         }
         Ok(block)
@@ -481,7 +484,6 @@ impl Layer {
     /// Has block `index` decompressed on the worker thread, unless it is cached.
     fn decompress_ahead(&self, index: u32) {
         if index >= self.sb.block_count
-            || !self.cache.ahead_allowed.load(Ordering::Relaxed)
             || self.cache.cache.contains_key(&(self.id, u64::from(index)))
         {
             return;

@@ -130,6 +130,21 @@ impl CasefoldFs {
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>> {
         self.inodes.get(ino.0)
     }
+
+    /// Hands the descriptor of a new open of node `ino` to the kernel as its file handle,
+    /// with the node's backing id (from `register` if it has none) where contents pass
+    /// through.
+    fn hand_over(
+        &self,
+        ino: u64,
+        fd: OwnedFd,
+        register: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> (FileHandle, Option<Arc<fuser::BackingId>>) {
+        let passed = self
+            .backing
+            .attach(ino, fd.as_raw_fd() as u64, || register(&fd));
+        (FileHandle(fd_handle(fd)), passed)
+    }
 }
 
 fn io_errno(e: std::io::Error) -> Errno {
@@ -419,10 +434,7 @@ impl Filesystem for CasefoldFs {
             Ok(fd) => fd,
             Err(e) => return reply.error(e),
         };
-        let passed = self
-            .backing
-            .attach(ino.0, fd.as_raw_fd() as u64, || reply.open_backing(&fd));
-        let handle = FileHandle(fd_handle(fd));
+        let (handle, passed) = self.hand_over(ino.0, fd, |fd| reply.open_backing(fd));
         match passed {
             Some(id) => reply.opened_passthrough(handle, FopenFlags::empty(), &id),
             None => reply.opened(handle, FopenFlags::FOPEN_KEEP_CACHE),
@@ -789,10 +801,7 @@ impl Filesystem for CasefoldFs {
             Ok(created) => created,
             Err(e) => return reply.error(e),
         };
-        let passed = self
-            .backing
-            .attach(a.ino.0, fd.as_raw_fd() as u64, || reply.open_backing(&fd));
-        let handle = FileHandle(fd_handle(fd));
+        let (handle, passed) = self.hand_over(a.ino.0, fd, |fd| reply.open_backing(fd));
         match passed {
             Some(id) => {
                 reply.created_passthrough(&ttl, &a, Generation(0), handle, FopenFlags::empty(), &id)
