@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::error::ReservedError;
 use crate::flags::{Overlay, Permissions, Unshare};
@@ -66,7 +66,21 @@ fn check_zero(
     offset: usize,
     size: usize,
 ) -> Result<(), ReservedError> {
-    match bytes[offset..offset + size].iter().position(|&b| b != 0) {
+    let area = &bytes[offset..offset + size];
+    // Every launch checks nearly 512 KiB: an OR over whole words is several times faster
+    // than looking for the first non-zero byte, which is done only when there is one.
+    let words = area.chunks_exact(8);
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0, |acc, &b| acc | u64::from(b));
+    let any = words.fold(tail, |acc, word| {
+        acc | <[u8; 8]>::try_from(word).map_or(0, u64::from_ne_bytes)
+    });
+    if any == 0 {
+        return Ok(());
+    }
+    match area.iter().position(|&b| b != 0) {
         Some(i) => Err(ReservedError::NonZeroPadding {
             field,
             offset: offset + i,
@@ -83,12 +97,13 @@ fn read_bool(bytes: &[u8], field: &'static str, offset: usize) -> Result<bool, R
     }
 }
 
-/// The XXH3-64 of `block` with the checksum field taken as zero.
-#[cfg(test)]
+/// The XXH3-64 of `block` with the checksum field taken as zero, hashed in place.
 fn compute_checksum(block: &[u8]) -> u64 {
-    let mut copy = block.to_vec();
-    copy[CHECKSUM_OFFSET..CHECKSUM_OFFSET + CHECKSUM_SIZE].fill(0);
-    xxh3_64(&copy)
+    let mut hasher = Xxh3::new();
+    hasher.update(&block[..CHECKSUM_OFFSET]);
+    hasher.update(&[0; CHECKSUM_SIZE]);
+    hasher.update(&block[CHECKSUM_OFFSET + CHECKSUM_SIZE..]);
+    hasher.digest()
 }
 
 impl Default for Reserved {
@@ -143,11 +158,7 @@ impl Reserved {
             });
         }
         let stored = read_u64(bytes, CHECKSUM_OFFSET);
-        // The one copy kept (with the checksum field zero, as `checksum` wants it) is also
-        // what is hashed: every launch decodes this block, and 512 KiB copies cost.
-        let mut owned = bytes.to_vec();
-        owned[CHECKSUM_OFFSET..CHECKSUM_OFFSET + CHECKSUM_SIZE].fill(0);
-        let computed = xxh3_64(&owned);
+        let computed = compute_checksum(bytes);
         if stored != computed && !crate::FUZZING {
             return Err(ReservedError::ChecksumMismatch { stored, computed });
         }
@@ -181,9 +192,18 @@ impl Reserved {
             check_zero(bytes, "tail", ORIGIN_OFFSET, ORIGIN_SIZE)?;
         }
 
+        // The copy kept has the checksum field zero, as `checksum` wants it. Every launch
+        // decodes this block, so only what is not padding (checked zero above and below) is
+        // copied: the header and each region's length and payload. The rest of the zeroed
+        // allocation is never written, so its pages are never touched.
+        let mut owned = vec![0; BLOCK_SIZE];
+        owned[..BOOT_OFFSET].copy_from_slice(&bytes[..BOOT_OFFSET]);
+        owned[CHECKSUM_OFFSET..CHECKSUM_OFFSET + CHECKSUM_SIZE].fill(0);
         let mut parsed = Parsed::default();
         for region in Region::ALL {
             let payload = region_payload(bytes, region)?;
+            let used = region.offset()..region.payload_offset() + payload.len();
+            owned[used.clone()].copy_from_slice(&bytes[used]);
             if payload.is_empty() {
                 continue;
             }
@@ -723,6 +743,23 @@ mod tests {
     }
 
     #[test]
+    fn decoding_keeps_every_byte_though_it_copies_only_what_is_not_padding() {
+        let bytes = full_block().to_bytes();
+        let decoded = Reserved::decode(&bytes).unwrap();
+        assert_eq!(decoded.to_bytes(), bytes);
+        assert_eq!(decoded, full_block());
+    }
+
+    #[test]
+    fn checksum_hashed_in_place_equals_the_hash_of_a_zeroed_copy() {
+        let bytes = full_block().to_bytes();
+        let mut zeroed = bytes.clone();
+        zeroed[CHECKSUM_OFFSET..CHECKSUM_OFFSET + CHECKSUM_SIZE].fill(0);
+        assert_eq!(compute_checksum(&bytes), xxh3_64(&zeroed));
+        assert_eq!(read_u64(&bytes, CHECKSUM_OFFSET), xxh3_64(&zeroed));
+    }
+
+    #[test]
     fn decode_rejects_flipped_byte_anywhere() {
         let bytes = full_block().to_bytes();
         let offsets = [
@@ -826,7 +863,10 @@ mod tests {
         let cases = [
             (12, "head"),
             (50, "header"),
+            // The header padding is 22 bytes: two words and a six-byte tail, checked apart.
+            (62, "header"),
             (TAIL_OFFSET + 100, "tail"),
+            (BLOCK_SIZE - 1, "tail"),
             (ENV_OFFSET + 4 + 3, "environment"),
         ];
         for (offset, field) in cases {
