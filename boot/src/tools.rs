@@ -4,7 +4,9 @@
 //! which beats the host's `PATH`. An embedded one runs from a sealed memfd: decompressed
 //! and checked against its digest (`fim_image`), written to anonymous memory that nothing
 //! else can reach or change, and executed through `/proc/self/fd/N`; nothing is written
-//! to a shared place.
+//! to a shared place. A session daemon makes the memfd of bwrap once and holds it; each
+//! launcher of the session opens that one (`/proc/PID/fd/N` of the daemon, same user)
+//! instead of decompressing and hashing its own copy on every launch.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -108,7 +110,73 @@ pub fn find(image: &Image, tool: Tool) -> anyhow::Result<Option<Program>> {
     )
 }
 
-/// The bwrap of a run.
+/// The image's bwrap in a sealed memfd, for a session daemon to hold for its launchers,
+/// with the digest the image's tool table gives it; `None` where `FIM_BWRAP` names another
+/// program, the image embeds none, or the memfd cannot be made (each launcher then finds
+/// its own, as `find` says).
+pub fn held_bwrap(image: &Image) -> Option<(File, [u8; 32])> {
+    if std::env::var_os(Tool::Bwrap.variable()).is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    let entry = image
+        .tool_entries()
+        .iter()
+        .find(|t| t.name == Tool::Bwrap.name())?;
+    let made = image
+        .tool(Tool::Bwrap.name())
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| match bytes {
+            Some(bytes) => sealed_memfd(Tool::Bwrap.name(), &bytes).map(Some),
+            None => Ok(None),
+        });
+    match made {
+        Ok(file) => file.map(|file| (file, entry.digest)),
+        Err(e) => {
+            debug::log(format!("daemon: no bwrap held for the launchers: {e:#}"));
+            None
+        }
+    }
+}
+
+/// How a greeting names a program's BLAKE3: its first 8 bytes, in hex.
+pub fn short_digest(digest: &[u8; 32]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a session daemon holds the image's bwrap: its pid, the descriptor there, and
+/// the first 8 bytes of the program's BLAKE3 in hex.
+pub struct Held<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    pub digest: &'a str,
+}
+
+/// The bwrap the session's daemon holds, if `FIM_BWRAP` names no other and it is this
+/// image's; `None` sends the launcher to `bwrap`. Opened through the host's `/proc`, so
+/// before the launcher joins the session's namespaces.
+pub fn open_held_bwrap(image: &Image, held: Held<'_>) -> Option<Program> {
+    if std::env::var_os(Tool::Bwrap.variable()).is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    match open_held(image, &held) {
+        Ok(file) => {
+            debug::log("bwrap: the one the session's daemon holds");
+            Some(Program {
+                path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+                origin: Origin::Embedded,
+                _memfd: Some(file),
+            })
+        }
+        Err(e) => {
+            debug::log(format!(
+                "not using the session's bwrap ({e:#}); making this launcher's own"
+            ));
+            None
+        }
+    }
+}
+
+/// The bwrap of a run, by the rule at the top.
 pub fn bwrap(image: &Image) -> anyhow::Result<Program> {
     find(image, Tool::Bwrap)?.context("bubblewrap is not available: the image embeds none and there is no bwrap in PATH; install the bubblewrap package, or set FIM_BWRAP")
 }
@@ -138,6 +206,43 @@ pub fn setuid_bwrap() -> anyhow::Result<Program> {
     })
 }
 
+/// Opens the bwrap memfd a session daemon holds, after checking that it is this image's
+/// program (by digest) and that it is sealed against every change.
+fn open_held(image: &Image, held: &Held<'_>) -> anyhow::Result<File> {
+    let ours = image
+        .tool_entries()
+        .iter()
+        .find(|t| t.name == Tool::Bwrap.name())
+        .context("this image embeds no bwrap")?;
+    if short_digest(&ours.digest) != held.digest {
+        bail!("it is another build of bwrap than this image's");
+    }
+    let path = format!("/proc/{}/fd/{}", held.pid, held.fd);
+    let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+    // SAFETY: fcntl on a descriptor we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & SEALS != SEALS {
+        bail!("{path} is not a sealed memfd");
+    }
+    executable(&file)?;
+    Ok(file)
+}
+
+/// Seals that make a memfd's contents and size final.
+const SEALS: libc::c_int =
+    libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+
+/// Fails unless `file` can be executed through `/proc/self/fd/N`: a memfd on a noexec
+/// mount or under vm.memfd_noexec=2 cannot be.
+fn executable(file: &File) -> anyhow::Result<()> {
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    // SAFETY: access(2) with a valid C string.
+    if unsafe { libc::access(CString::new(path)?.as_ptr(), libc::X_OK) } != 0 {
+        bail!("the memfd is not executable here");
+    }
+    Ok(())
+}
+
 /// An executable, sealed, close-on-exec memfd holding `bytes`.
 fn sealed_memfd(name: &str, bytes: &[u8]) -> anyhow::Result<File> {
     let cname = CString::new(name)?;
@@ -159,19 +264,12 @@ fn sealed_memfd(name: &str, bytes: &[u8]) -> anyhow::Result<File> {
     // SAFETY: a fresh descriptor owned by nothing else.
     let mut file = unsafe { File::from_raw_fd(fd) };
     file.write_all(bytes).context("writing the memfd")?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } != 0 {
         return Err(std::io::Error::last_os_error()).context("sealing the memfd");
     }
-    // A memfd on a noexec mount or under vm.memfd_noexec=2 cannot be executed: find out
-    // now, while falling back is still possible.
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    // SAFETY: access(2) with a valid C string.
-    let executable = unsafe { libc::access(CString::new(path)?.as_ptr(), libc::X_OK) } == 0;
-    if !executable {
-        bail!("the memfd is not executable here");
-    }
+    // Found out now, while falling back is still possible.
+    executable(&file)?;
     Ok(file)
 }
 
@@ -264,5 +362,34 @@ mod tests {
             "unionfs-fuse version: 1.0"
         );
         assert_eq!(version_of(b"", b""), "version unknown");
+    }
+
+    #[test]
+    fn the_short_digest_is_the_first_eight_bytes_in_hex() {
+        let mut digest = [0u8; 32];
+        digest[0] = 0x73;
+        digest[7] = 0xe3;
+        digest[8] = 0xff;
+        assert_eq!(short_digest(&digest), "73000000000000e3");
+    }
+
+    #[test]
+    fn a_memfd_made_here_is_sealed_and_executable() {
+        let file = match sealed_memfd("probe", b"#!/bin/sh\n") {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("skipped: no executable memfd on this machine ({e:#})");
+                return;
+            }
+        };
+        // SAFETY: fcntl on a descriptor we own.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & SEALS, SEALS);
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(b"x"));
+        assert!(written.is_err(), "a sealed memfd took a write");
     }
 }

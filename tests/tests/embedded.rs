@@ -93,6 +93,49 @@ fn with_nothing_on_the_host_writes_and_deletions_persist(backend: &'static str, 
     assert_eq!(second.stdout, "written\ngone-stays-gone\n", "{backend}");
 }
 
+fim_tests::for_both!(every_launcher_of_a_session_runs_the_bwrap_its_daemon_holds);
+
+/// The daemon makes the embedded bwrap's sealed memfd once; the launcher that started the
+/// session and one that joins it while it lingers both run that one, and `FIM_BWRAP` still
+/// beats it.
+fn every_launcher_of_a_session_runs_the_bwrap_its_daemon_holds(who: Who) {
+    const HELD: &str = "fim: debug: bwrap: the one the session's daemon holds";
+    if embedded(&base_image(), "bwrap").is_none() {
+        skip("held bwrap: the image embeds no bwrap (tools/build did not build dist/bwrap)");
+        return;
+    }
+    let Some(app) = App::new("held_bwrap", who) else {
+        return;
+    };
+    let first = bare(&app, "cat /data/keep.txt");
+    first.assert_ok();
+    assert_eq!(first.stdout, "keep\n");
+    assert!(first.stderr.contains(HELD), "{}", first.stderr);
+    // Inside the linger: the same session, its daemon's memfd.
+    let second = bare(&app, "echo joined");
+    second.assert_ok();
+    assert_eq!(second.stdout, "joined\n");
+    assert!(second.stderr.contains(HELD), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("fim: debug: join the running session ("),
+        "{}",
+        second.stderr
+    );
+    let Some(host_bwrap) = which("bwrap") else {
+        skip("held bwrap: FIM_BWRAP case: no bwrap on this host");
+        return;
+    };
+    let named = run(app
+        .command(["fim-exec", "true"])
+        .env("FIM_DEBUG", "1")
+        .env("FIM_BWRAP", &host_bwrap));
+    named.assert_ok();
+    assert!(!named.stderr.contains(HELD), "{}", named.stderr);
+    assert!(named.stderr.contains("(Environment)"), "{}", named.stderr);
+}
+
 /// Inside one run: a directory of the image removed and made anew, then its old names
 /// (a file, a nested file, a nested directory) looked up; prints what is still found.
 const RECREATE: &str = "rm -rf /data/replaced; mkdir /data/replaced; \

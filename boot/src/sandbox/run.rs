@@ -96,16 +96,25 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         (uid, gid),
         (wanted.0, wanted.1, launch.writable),
     )?;
+    // Through the host's /proc: before joining the session's namespaces.
+    let held_bwrap = membership.bwrap.as_ref().and_then(|held| {
+        let tools_held = tools::Held {
+            pid: membership.daemon,
+            fd: held.fd,
+            digest: &held.digest,
+        };
+        tools::open_held_bwrap(&image, tools_held)
+    });
     let isolation = {
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?
     };
     // Without a user namespace, only a setuid bwrap can build the sandbox.
     let host_mounts = isolation == Isolation::Host;
-    let bwrap = if host_mounts {
-        tools::setuid_bwrap()?
-    } else {
-        tools::bwrap(&image)?
+    let bwrap = match held_bwrap {
+        _ if host_mounts => tools::setuid_bwrap()?,
+        Some(held) => held,
+        None => tools::bwrap(&image)?,
     };
     debug::log(format!(
         "bwrap: {} ({:?})",

@@ -30,13 +30,14 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, fork, setsid};
 
-use super::greeting::{Greeting, LEAVING, QUIT, send};
+use super::greeting::{Greeting, HeldProgram, LEAVING, QUIT, send};
 use super::mounted_data::MountedData;
 use super::namespaces;
 use crate::commit::journal;
 use crate::debug;
 use crate::locks::DataLock;
 use crate::places::Places;
+use crate::tools;
 use crate::view::extracted::Report;
 use crate::view::fuse_backend::millis;
 use crate::view::layer_stack::{self, LayerFile};
@@ -138,6 +139,9 @@ struct Daemon<'a> {
     wanted: Overlay,
     /// Whether the casefold view is on.
     casefold: bool,
+    /// The image's bwrap in a sealed memfd, with its digest: its launchers run it from
+    /// here (`tools::open_held_bwrap`) instead of each decompressing its own.
+    bwrap: Option<(File, [u8; 32])>,
     /// Why the view's backend is not `wanted`, for the launcher that started the session.
     notice: Option<String>,
     /// How long the session outlives its last launcher: an ephemeral one not at all, as
@@ -185,6 +189,7 @@ impl<'a> Daemon<'a> {
         let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("cannot create a signalfd")?;
 
+        let bwrap = tools::held_bwrap(layers.image);
         let cache = BlockCache::new(DEFAULT_CACHE_BYTES);
         let stack = {
             let _step = debug::Step::new("daemon: open the layers");
@@ -240,6 +245,7 @@ impl<'a> Daemon<'a> {
             mounted_data,
             wanted,
             casefold,
+            bwrap,
             notice: view.notice.take(),
             view,
             linger: match writable {
@@ -449,6 +455,10 @@ impl<'a> Daemon<'a> {
             wanted: self.wanted,
             used: self.view.overlay,
             casefold: self.casefold,
+            bwrap: self.bwrap.as_ref().map(|(file, digest)| HeldProgram {
+                fd: file.as_raw_fd(),
+                digest: tools::short_digest(digest),
+            }),
         };
         if stream.write_all(greeting.encode().as_bytes()).is_ok() {
             clients.push(stream);

@@ -5,10 +5,15 @@
 //! ```text
 //! daemon -> launcher:  note TEXT\n ...        things the user should know (zero or more)
 //!                      progress DONE TOTAL\n ...   a long step's bytes (an extraction)
-//!                      ready PID IDENTITY INSTANCES WANTED USED CASEFOLD(0|1)\n | failed WHY\n
+//!                      ready PID IDENTITY INSTANCES WANTED USED CASEFOLD(0|1) BWRAP\n | failed WHY\n
 //!                      ended WHY\n           (later, only when the session fails under its members)
 //! launcher -> daemon:  L (leaving after a normal run: linger) | Q (make way, only member)
 //! ```
+//!
+//! BWRAP is `FD:DIGEST` when the daemon holds the image's bwrap in a sealed memfd at
+//! descriptor FD (DIGEST: the first 8 bytes of its BLAKE3, in hex), so a launcher runs
+//! it from there instead of decompressing its own; `-` when it holds none. A daemon of an
+//! older launcher sends no BWRAP word.
 //!
 //! After `ready` the daemon is silent until the session ends under its members (the view's
 //! FUSE server or backend stopped, or the daemon was told to stop): then it sends `ended`
@@ -34,6 +39,8 @@ pub enum Greeting {
         wanted: Overlay,
         used: Overlay,
         casefold: bool,
+        /// The image's bwrap, held by the daemon for its launchers.
+        bwrap: Option<HeldProgram>,
     },
     /// The daemon could not set the session up; the text says why.
     Failed(String),
@@ -43,6 +50,31 @@ pub enum Greeting {
     Progress { done: u64, total: u64 },
     /// The session failed under its members and is ending; the text says why.
     Ended(String),
+}
+
+/// A program a daemon holds in a sealed memfd: the descriptor's number in the daemon, and
+/// the first 8 bytes of the program's BLAKE3 (the image's tool table names it), in hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldProgram {
+    pub fd: i32,
+    pub digest: String,
+}
+
+impl HeldProgram {
+    fn parse(word: &str) -> Option<Option<HeldProgram>> {
+        if word == "-" {
+            return Some(None);
+        }
+        let (fd, digest) = word.split_once(':')?;
+        let fd = fd.parse().ok().filter(|fd| *fd > 2)?;
+        let hex = digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| {
+            Some(HeldProgram {
+                fd,
+                digest: digest.to_ascii_lowercase(),
+            })
+        })
+    }
 }
 
 impl Greeting {
@@ -55,9 +87,13 @@ impl Greeting {
                 wanted,
                 used,
                 casefold,
+                bwrap,
             } => format!(
-                "ready {pid} {image} {instances} {wanted} {used} {}\n",
-                u8::from(*casefold)
+                "ready {pid} {image} {instances} {wanted} {used} {} {}\n",
+                u8::from(*casefold),
+                bwrap
+                    .as_ref()
+                    .map_or("-".to_string(), |b| format!("{}:{}", b.fd, b.digest))
             ),
             // One line, whatever the message held.
             Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
@@ -96,6 +132,10 @@ impl Greeting {
             "1" => true,
             _ => return None,
         };
+        let bwrap = match words.next() {
+            Some(word) => HeldProgram::parse(word)?,
+            None => None,
+        };
         words.next().is_none().then_some(Greeting::Ready {
             pid,
             image,
@@ -103,6 +143,7 @@ impl Greeting {
             wanted,
             used,
             casefold,
+            bwrap,
         })
     }
 }
@@ -119,7 +160,7 @@ pub fn send(stream: &mut UnixStream, greeting: &Greeting) {
 
 #[cfg(test)]
 mod tests {
-    use super::Greeting;
+    use super::{Greeting, HeldProgram};
     use fim_reserved::Overlay;
 
     #[test]
@@ -131,9 +172,32 @@ mod tests {
             wanted: Overlay::Bwrap,
             used: Overlay::Unionfs,
             casefold: true,
+            bwrap: Some(HeldProgram {
+                fd: 7,
+                digest: "736e095701b58ae3".into(),
+            }),
         };
-        assert_eq!(g.encode(), "ready 42 00ff 3 bwrap unionfs 1\n");
+        assert_eq!(
+            g.encode(),
+            "ready 42 00ff 3 bwrap unionfs 1 7:736e095701b58ae3\n"
+        );
         assert_eq!(Greeting::parse(&g.encode()), Some(g));
+    }
+
+    #[test]
+    fn ready_without_a_held_bwrap_round_trips_and_an_older_daemons_ready_parses() {
+        let g = Greeting::Ready {
+            pid: 42,
+            image: "00ff".into(),
+            instances: 1,
+            wanted: Overlay::Bwrap,
+            used: Overlay::Bwrap,
+            casefold: false,
+            bwrap: None,
+        };
+        assert_eq!(g.encode(), "ready 42 00ff 1 bwrap bwrap 0 -\n");
+        assert_eq!(Greeting::parse(&g.encode()), Some(g.clone()));
+        assert_eq!(Greeting::parse("ready 42 00ff 1 bwrap bwrap 0\n"), Some(g));
     }
 
     #[test]
@@ -200,6 +264,11 @@ mod tests {
             "ready 5 ab 1 bwrap bwrap\n",
             "ready 5 ab 1 bwrap bwrap 2\n",
             "ready 5 ab 1 bwrap bwrap 0 extra\n",
+            "ready 5 ab 1 bwrap bwrap 0 - extra\n",
+            "ready 5 ab 1 bwrap bwrap 0 7\n",
+            "ready 5 ab 1 bwrap bwrap 0 2:736e095701b58ae3\n",
+            "ready 5 ab 1 bwrap bwrap 0 7:736e0957\n",
+            "ready 5 ab 1 bwrap bwrap 0 7:736e095701b58aeg\n",
             "ready 5 ab 1 bwrap bwrap 1",
             "hello\n",
         ] {

@@ -39,7 +39,7 @@ use crate::locks::{DataLock, NoInstances, lock_file};
 use crate::places::Places;
 use crate::view::Writable;
 use crate::view::layer_stack::{self, LayerFile};
-use greeting::{Greeting, LEAVING, QUIT};
+use greeting::{Greeting, HeldProgram, LEAVING, QUIT};
 
 /// How long a launcher waits for a live daemon to greet it.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +55,8 @@ pub struct Membership {
     pub overlay: Overlay,
     /// Whether the session's view is the casefold one.
     pub casefold: bool,
+    /// The image's bwrap as the daemon holds it, if it does.
+    pub bwrap: Option<HeldProgram>,
 }
 
 impl Membership {
@@ -328,6 +330,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                 wanted,
                 used,
                 casefold,
+                bwrap,
             }) => {
                 drop(reader);
                 return Ok(Some((
@@ -338,6 +341,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                         wanted,
                         overlay: used,
                         casefold,
+                        bwrap,
                     },
                     image,
                 )));
