@@ -152,6 +152,30 @@ fn a_reader_moving_forward_finds_the_next_block_decompressed_ahead() {
 }
 
 #[test]
+fn warming_a_file_decompresses_its_blocks_up_to_the_limit_and_no_more() {
+    let src = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.path().join("big"), &data).unwrap();
+    fs::create_dir(src.path().join("dir")).unwrap();
+    let (file, size) = build(src.path(), &small_options());
+    let cache = BlockCache::new(1 << 20);
+    // SAFETY: test file, not modified while mapped.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(file.as_file()).unwrap() });
+    let layer = Layer::open(map, 0, size, cache.clone()).unwrap();
+    let stack = Stack::new(vec![layer.clone()]).unwrap();
+    let big = resolve(&stack, "big").unwrap();
+    let dir = resolve(&stack, "dir").unwrap();
+    let before = cache.held();
+    assert_eq!(layer.warm(&dir.inode, u64::MAX).unwrap(), 0);
+    assert_eq!(layer.warm(&big.inode, 3 * 4096).unwrap(), 3 * 4096);
+    assert_eq!(cache.held(), before + 3, "three blocks and no more");
+    // 50,000 bytes span 13 blocks of 4 KiB; the three already there are taken again.
+    assert_eq!(layer.warm(&big.inode, u64::MAX).unwrap(), 13 * 4096);
+    assert_eq!(cache.held(), before + 13);
+    assert_eq!(read_all(&stack, &big), data);
+}
+
+#[test]
 fn identical_files_are_stored_once() {
     let src = tempfile::tempdir().unwrap();
     let data = vec![42u8; 100_000];

@@ -27,6 +27,7 @@ fim_tests::for_both!(
     launcher_descriptors_do_not_leak_into_the_app,
     debug_output_ends_with_the_app_not_with_the_lingering_session,
     help_on_the_default_shell_points_to_fim_help,
+    a_new_session_decompresses_the_program_it_starts_ahead,
 );
 
 fn runs_a_command_and_prints_its_output(who: Who) {
@@ -359,6 +360,33 @@ fn debug_output_ends_with_the_app_not_with_the_lingering_session(who: Who) {
     checks::wait_for_the_session_to_end(&app);
     let text = std::fs::read_to_string(&log).expect("session.log");
     assert!(text.contains("fim: debug: daemon:"), "{text}");
+}
+
+/// The daemon finds the command's program in the layers and decompresses its blocks while
+/// the session starts; its debug lines say so (on stderr, or in the session's log once the
+/// first launcher has its answer). A command the image lacks is decompressed nowhere.
+fn a_new_session_decompresses_the_program_it_starts_ahead(who: Who) {
+    let Some(app) = App::new("prefetch", who) else {
+        return;
+    };
+    let lines = |command: &str| {
+        let out = fim_tests::run(app.command(["fim-exec", command]).env("FIM_DEBUG", "1"));
+        checks::wait_for_the_session_to_end(&app);
+        let log = std::fs::read_to_string(app.data_dir().join("session.log")).unwrap_or_default();
+        let text = format!("{}{log}", out.stderr);
+        (out, text)
+    };
+    let (out, text) = lines("true");
+    out.assert_ok();
+    let ahead = text
+        .lines()
+        .find(|l| l.contains("decompressed ahead:"))
+        .unwrap_or_else(|| panic!("no line on decompressing ahead: {text}"));
+    assert!(ahead.contains("/true decompressed ahead: "), "{ahead}");
+    assert!(!ahead.contains(": 0 KiB"), "{ahead}");
+    let (out, text) = lines("no-such-program");
+    assert_eq!(out.code(), Some(127), "{}", out.stderr);
+    assert!(!text.contains("decompressed ahead"), "{text}");
 }
 
 fn help_on_the_default_shell_points_to_fim_help(who: Who) {

@@ -95,6 +95,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         &places,
         (uid, gid),
         (wanted.0, wanted.1, launch.writable),
+        launch.command.first().map(OsString::as_os_str),
     )?;
     // Through the host's /proc: before joining the session's namespaces.
     let held_bwrap = membership.bwrap.as_ref().and_then(|held| {

@@ -12,6 +12,7 @@
 //! standard error once the first launcher is served (under `FIM_DEBUG` its later lines go
 //! to `<data>/session.log`), so a pipe from a launcher closes when the launcher exits.
 
+use std::ffi::OsStr;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -41,7 +42,7 @@ use crate::tools;
 use crate::view::extracted::Report;
 use crate::view::fuse_backend::millis;
 use crate::view::layer_stack::{self, LayerFile};
-use crate::view::{Layers, View, Writable};
+use crate::view::{Layers, View, Writable, prefetch};
 
 /// How long a session outlives its last launcher when that one ended normally: a
 /// relaunch within it finds the layers mounted and their caches warm. A launcher that was
@@ -60,6 +61,7 @@ pub fn spawn(
     (uid, gid): (u32, u32),
     identity: &str,
     wanted: (Overlay, bool, Writable),
+    program: Option<&OsStr>,
 ) -> anyhow::Result<UnixStream> {
     let (ours, theirs) = UnixStream::pair().context("cannot create a socket pair")?;
     // Buffered output would otherwise be written twice, once by each process.
@@ -71,7 +73,15 @@ pub fn spawn(
         ForkResult::Child => {
             drop(ours);
             let stack = Stack { image, extras };
-            let code = daemon_main(&stack, places, (uid, gid), identity, wanted, theirs);
+            let code = daemon_main(
+                &stack,
+                places,
+                (uid, gid),
+                identity,
+                wanted,
+                program,
+                theirs,
+            );
             // Nothing of the launcher's (locks, buffers) may run its destructors here.
             // SAFETY: ends this process without unwinding.
             unsafe { libc::_exit(code) }
@@ -91,11 +101,20 @@ fn daemon_main(
     (uid, gid): (u32, u32),
     identity: &str,
     want: (Overlay, bool, Writable),
+    program: Option<&OsStr>,
     mut first: UnixStream,
 ) -> i32 {
     let _ = setsid();
     detach(&first);
-    match Daemon::set_up(stack, places, (uid, gid), identity, want, &mut first) {
+    match Daemon::set_up(
+        stack,
+        places,
+        (uid, gid),
+        identity,
+        want,
+        program,
+        &mut first,
+    ) {
         Ok(daemon) => daemon.serve(first, identity),
         Err(e) => {
             remove_session_files(places);
@@ -156,6 +175,7 @@ impl<'a> Daemon<'a> {
         (uid, gid): (u32, u32),
         identity: &str,
         (wanted, casefold, writable): (Overlay, bool, Writable),
+        program: Option<&OsStr>,
         first: &mut UnixStream,
     ) -> anyhow::Result<Self> {
         let data_lock = match writable {
@@ -195,6 +215,8 @@ impl<'a> Daemon<'a> {
             let _step = debug::Step::new("daemon: open the layers");
             layer_stack::open(layers.image, layers.extras, cache.clone())?
         };
+        // Found now, decompressed once the namespaces are made.
+        let prefetch = program.and_then(|program| prefetch::find(&stack, program));
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
         let served = Layers::prepare(
             stack,
@@ -211,6 +233,9 @@ impl<'a> Daemon<'a> {
         // No user namespace is made after this one: the layer server may use a thread to
         // decompress ahead of its readers.
         cache.allow_decompress_ahead();
+        if let Some(program) = prefetch {
+            prefetch::start(program);
+        }
         if data_lock.is_some() {
             // A commit killed half way is finished (or forgotten) before the upper
             // directory is mounted again; in the namespace, where files of subordinate

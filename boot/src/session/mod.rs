@@ -22,6 +22,7 @@ mod mounted_data;
 pub mod namespaces;
 mod subids;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -103,6 +104,7 @@ pub fn connect(
     places: &Places,
     (uid, gid): (u32, u32),
     (wanted, casefold, writable): (Overlay, bool, Writable),
+    program: Option<&OsStr>,
 ) -> anyhow::Result<Membership> {
     let identity = layer_stack::identity(image, extras);
     let lock = lock_file(&places.session_lock)?;
@@ -153,6 +155,7 @@ pub fn connect(
         (uid, gid),
         &identity,
         (wanted, casefold, writable),
+        program,
     )?;
     match greeting(stream)? {
         Some(member) => check_identity(member, &identity, (wanted, casefold), places),

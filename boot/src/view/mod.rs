@@ -24,6 +24,7 @@ pub mod layer_server;
 pub mod layer_stack;
 pub mod markers;
 pub mod overlay;
+pub mod prefetch;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
