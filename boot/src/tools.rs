@@ -57,6 +57,11 @@ impl Tool {
         }
     }
 
+    /// Whether its variable names a program to use.
+    fn named_by_variable(self) -> bool {
+        std::env::var_os(self.variable()).is_some_and(|p| !p.is_empty())
+    }
+
     fn named(name: &str) -> Option<Tool> {
         Tool::ALL.into_iter().find(|t| t.name() == name)
     }
@@ -115,7 +120,7 @@ pub fn find(image: &Image, tool: Tool) -> anyhow::Result<Option<Program>> {
 /// program, the image embeds none, or the memfd cannot be made (each launcher then finds
 /// its own, as `find` says).
 pub fn held_bwrap(image: &Image) -> Option<(File, [u8; 32])> {
-    if std::env::var_os(Tool::Bwrap.variable()).is_some_and(|p| !p.is_empty()) {
+    if Tool::Bwrap.named_by_variable() {
         return None;
     }
     let entry = image
@@ -155,7 +160,7 @@ pub struct Held<'a> {
 /// image's; `None` sends the launcher to `bwrap`. Opened through the host's `/proc`, so
 /// before the launcher joins the session's namespaces.
 pub fn open_held_bwrap(image: &Image, held: Held<'_>) -> Option<Program> {
-    if std::env::var_os(Tool::Bwrap.variable()).is_some_and(|p| !p.is_empty()) {
+    if Tool::Bwrap.named_by_variable() {
         return None;
     }
     match open_held(image, &held) {
