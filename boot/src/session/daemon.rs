@@ -215,8 +215,8 @@ impl<'a> Daemon<'a> {
             let _step = debug::Step::new("daemon: open the layers");
             layer_stack::open(layers.image, layers.extras, cache.clone())?
         };
-        // Found now, decompressed once the namespaces are made.
-        let prefetch = program.and_then(|program| prefetch::find(&stack, program));
+        // Read ahead once the namespaces are made.
+        let prefetch = program.map(|program| prefetch::prepare(&stack, program));
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
         let served = Layers::prepare(
             stack,

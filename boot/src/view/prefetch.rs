@@ -1,19 +1,20 @@
 //! The program a new session starts, decompressed before it is asked for. Most of a cold
 //! start is the app's first reads through a FUSE mount whose caches are empty: every block
 //! of the program is decompressed only when the kernel asks for it. The daemon is forked
-//! from the launcher that wants the session, so it knows the command: it finds the
-//! program's file in the layers (a path, or a name in the usual `PATH` directories, symlinks
-//! followed) before it mounts anything, and once its namespaces are made (a thread before
-//! them would stop the kernel from making a user namespace) a thread decompresses the
-//! file's blocks into the layer server's cache, while the daemon mounts the view and the
-//! launcher joins and starts bwrap. Only the program's own file: its interpreter and
-//! libraries are not looked for. A wrong guess costs a thread's work and nothing else.
+//! from the launcher that wants the session, so it knows the command. Once its namespaces
+//! are made (a thread before them would stop the kernel from making a user namespace), a
+//! thread finds the program's file in the layers (a path, or a name in the usual `PATH`
+//! directories, symlinks followed), reads it, which decompresses its blocks into the layer
+//! server's cache, and does the same for what an ELF program loads first: its interpreter
+//! and the libraries it needs, looked for in the usual library directories, theirs too.
+//! All of it while the daemon mounts the view and the launcher joins and starts bwrap. A
+//! wrong guess costs the thread's work and nothing else.
 
-use std::collections::VecDeque;
-use std::ffi::OsStr;
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use fim_layers::format::{Inode, S_IFLNK, S_IFREG};
+use fim_layers::format::{S_IFLNK, S_IFREG};
 use fim_layers::{Entry, Layer, ROOT, Stack};
 
 use crate::debug;
@@ -27,61 +28,169 @@ const SEARCH: [&str; 6] = [
     "/sbin",
     "/bin",
 ];
+/// Where a library a program needs is looked for: the dynamic loader's defaults on x86_64
+/// distributions (multiarch first). Its cache and a program's own search paths are not read.
+const LIBRARY_DIRS: [&str; 6] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
 /// Symlinks followed at most, as the kernel's path walk allows.
 const MAX_HOPS: u32 = 40;
-/// Blocks decompressed ahead at most, in bytes: a large program's first pages matter most,
-/// and the rest of the cache is the app's.
+/// Bytes of files read ahead at most: a large program's first pages matter most, and the
+/// rest of the cache is the app's.
 const MAX_BYTES: u64 = 32 << 20;
 
-/// A program's file, found in the layers.
-pub struct Program {
-    layer: Layer,
-    inode: Inode,
-    path: Vec<u8>,
+/// What a new session reads ahead: the layers and the command.
+pub struct Prefetch {
+    layers: Vec<Layer>,
+    command: OsString,
 }
 
-/// Finds the file `command` runs in `stack`, if it is a regular file there.
-pub fn find(stack: &Stack, command: &OsStr) -> Option<Program> {
-    let command = command.as_bytes();
-    let candidates: Vec<Vec<u8>> = if command.contains(&b'/') {
-        vec![command.to_vec()]
-    } else if command.is_empty() {
-        Vec::new()
-    } else {
-        SEARCH
-            .iter()
-            .map(|dir| [dir.as_bytes(), b"/", command].concat())
-            .collect()
-    };
-    candidates.into_iter().find_map(|path| {
-        let entry = resolve(stack, &path)?;
-        (entry.inode.file_type() == S_IFREG).then(|| Program {
-            layer: stack.layers()[entry.layer].clone(),
-            inode: entry.inode,
-            path,
-        })
-    })
+/// Takes what the thread needs; costs nothing else.
+pub fn prepare(stack: &Stack, command: &OsStr) -> Prefetch {
+    Prefetch {
+        layers: stack.layers().to_vec(),
+        command: command.to_owned(),
+    }
 }
 
-/// Decompresses the program's blocks on a thread of its own. Call it only once no user
-/// namespace will be made by this process.
-pub fn start(program: Program) {
+/// Reads ahead on a thread of its own. Call it only once no user namespace will be made by
+/// this process.
+pub fn start(prefetch: Prefetch) {
     let spawned = std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || {
-            let taken = program.layer.warm(&program.inode, MAX_BYTES);
-            debug::log(format!(
-                "daemon: {} decompressed ahead: {}",
-                String::from_utf8_lossy(&program.path),
-                match taken {
-                    Ok(bytes) => format!("{} KiB of blocks", bytes / 1024),
-                    Err(e) => format!("stopped: {e}"),
-                }
-            ));
+            let Ok(stack) = Stack::new(prefetch.layers) else {
+                return;
+            };
+            for (path, bytes) in read_ahead(&stack, &prefetch.command, MAX_BYTES) {
+                debug::log(format!(
+                    "daemon: {} decompressed ahead: {} KiB",
+                    String::from_utf8_lossy(&path),
+                    bytes / 1024
+                ));
+            }
         });
     if let Err(e) = spawned {
         debug::log(format!("daemon: no thread to decompress ahead: {e}"));
     }
+}
+
+/// Reads the program `command` runs, then its interpreter and the libraries it needs (and
+/// theirs), each once, until `budget` bytes were read; returns each file's path and bytes.
+fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)> {
+    let mut queue: VecDeque<(Vec<u8>, Entry)> = find(stack, command).into_iter().collect();
+    let mut seen = HashSet::new();
+    let mut read = Vec::new();
+    let mut left = budget;
+    while let Some((path, entry)) = queue.pop_front() {
+        if left == 0 {
+            break;
+        }
+        if !seen.insert(entry.id) {
+            continue;
+        }
+        let layer = &stack.layers()[entry.layer];
+        if entry.inode.size > left {
+            // Too large to read whole: its first blocks, and nothing it needs.
+            let taken = layer.warm(&entry.inode, left).unwrap_or(0);
+            read.push((path, taken));
+            break;
+        }
+        let mut bytes = vec![0; entry.inode.size as usize];
+        let Ok(n) = stack.read(&entry, 0, &mut bytes) else {
+            continue;
+        };
+        bytes.truncate(n);
+        left -= n as u64;
+        read.push((path, n as u64));
+        queue.extend(needed(stack, &bytes));
+    }
+    read
+}
+
+/// The interpreter and the libraries an x86_64 ELF program or library names, found in
+/// `stack`. Only its program headers and dynamic section are read (a whole `Elf::parse`,
+/// symbols and relocations included, would add 40 KB to the launcher for nothing).
+fn needed(stack: &Stack, bytes: &[u8]) -> Vec<(Vec<u8>, Entry)> {
+    use goblin::container::{Container, Ctx, Endian};
+    use goblin::elf::dynamic::Dynamic;
+    use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64};
+    use goblin::elf::program_header::{PT_INTERP, ProgramHeader};
+    use goblin::strtab::Strtab;
+
+    let Ok(header) = goblin::elf::Elf::parse_header(bytes) else {
+        return Vec::new();
+    };
+    let x86_64 = header.e_ident[EI_CLASS] == ELFCLASS64
+        && header.e_ident[EI_DATA] == ELFDATA2LSB
+        && header.e_machine == EM_X86_64;
+    if !x86_64 {
+        return Vec::new();
+    }
+    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let Ok(phdrs) = ProgramHeader::parse(
+        bytes,
+        header.e_phoff as usize,
+        usize::from(header.e_phnum),
+        ctx,
+    ) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let interpreter = phdrs
+        .iter()
+        .find(|ph| ph.p_type == PT_INTERP)
+        .and_then(|ph| {
+            let at = usize::try_from(ph.p_offset).ok()?;
+            let len = usize::try_from(ph.p_filesz).ok()?;
+            let path = bytes.get(at..at.checked_add(len)?)?;
+            Some(path.split(|&b| b == 0).next().unwrap_or_default().to_vec())
+        });
+    if let Some(path) = interpreter.filter(|p| !p.is_empty()) {
+        found.extend(regular_file(stack, path));
+    }
+    let Ok(Some(dynamic)) = Dynamic::parse(bytes, &phdrs, ctx) else {
+        return found;
+    };
+    let Ok(strtab) = Strtab::parse(bytes, dynamic.info.strtab, dynamic.info.strsz, 0) else {
+        return found;
+    };
+    for library in dynamic.get_libraries(&strtab) {
+        if library.contains('/') {
+            continue;
+        }
+        found.extend(
+            LIBRARY_DIRS
+                .iter()
+                .find_map(|dir| regular_file(stack, format!("{dir}/{library}").into_bytes())),
+        );
+    }
+    found
+}
+
+/// The regular file the command `command` runs, found in `stack`.
+fn find(stack: &Stack, command: &OsStr) -> Option<(Vec<u8>, Entry)> {
+    let command = command.as_bytes();
+    if command.is_empty() {
+        return None;
+    }
+    if command.contains(&b'/') {
+        return regular_file(stack, command.to_vec());
+    }
+    SEARCH
+        .iter()
+        .find_map(|dir| regular_file(stack, [dir.as_bytes(), b"/", command].concat()))
+}
+
+/// `path` and its entry, if it resolves to a regular file.
+fn regular_file(stack: &Stack, path: Vec<u8>) -> Option<(Vec<u8>, Entry)> {
+    let entry = resolve(stack, &path)?;
+    (entry.inode.file_type() == S_IFREG).then_some((path, entry))
 }
 
 /// The entry `path` names (absolute; relative to the stack's root), every symlink on the
@@ -162,7 +271,14 @@ mod tests {
     }
 
     fn found(stack: &Stack, command: &str) -> Option<String> {
-        find(stack, OsStr::new(command)).map(|p| String::from_utf8(p.path).unwrap())
+        find(stack, OsStr::new(command)).map(|(path, _)| String::from_utf8(path).unwrap())
+    }
+
+    fn read(stack: &Stack, command: &str, budget: u64) -> Vec<(String, u64)> {
+        read_ahead(stack, OsStr::new(command), budget)
+            .into_iter()
+            .map(|(path, bytes)| (String::from_utf8(path).unwrap(), bytes))
+            .collect()
     }
 
     #[test]
@@ -179,8 +295,66 @@ mod tests {
         assert_eq!(found(&stack, "/bin/true").as_deref(), Some("/bin/true"));
         assert_eq!(found(&stack, "again").as_deref(), Some("/usr/bin/again"));
         assert_eq!(found(&stack, "sh").as_deref(), Some("/usr/bin/sh"));
-        let program = find(&stack, OsStr::new("true")).unwrap();
+        let (_, program) = find(&stack, OsStr::new("true")).unwrap();
         assert_eq!(program.inode.size, 12, "the symlink's target, busybox");
+        assert_eq!(read(&stack, "sh", 1 << 20), [("/usr/bin/sh".into(), 12)]);
+    }
+
+    /// This machine's own dynamically linked `true`, its interpreter and libc, at the paths
+    /// an x86_64 distribution has them, are read ahead, each once; a budget stops it.
+    #[test]
+    fn a_dynamic_program_brings_its_interpreter_and_libraries() {
+        let host = |p: &str| std::fs::canonicalize(p).ok().filter(|p| p.is_file());
+        let (Some(program), Some(loader), Some(libc)) = (
+            host("/usr/bin/true"),
+            host("/lib64/ld-linux-x86-64.so.2"),
+            host("/lib/x86_64-linux-gnu/libc.so.6"),
+        ) else {
+            eprintln!("skipped: no glibc x86_64 layout on this machine");
+            return;
+        };
+        let elf = std::fs::read(&program).unwrap();
+        let parsed = goblin::elf::Elf::parse(&elf).unwrap();
+        if parsed.interpreter != Some("/lib64/ld-linux-x86-64.so.2")
+            || parsed.libraries != ["libc.so.6"]
+        {
+            eprintln!("skipped: this machine's true is not linked as expected");
+            return;
+        }
+        let (_file, stack) = stack_of(|root| {
+            fs::create_dir_all(root.join("usr/bin")).unwrap();
+            fs::create_dir_all(root.join("lib64")).unwrap();
+            fs::create_dir_all(root.join("usr/lib/x86_64-linux-gnu")).unwrap();
+            symlink("usr/lib", root.join("lib")).unwrap();
+            fs::copy(&program, root.join("usr/bin/true")).unwrap();
+            fs::copy(&libc, root.join("usr/lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+            fs::copy(
+                &loader,
+                root.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+            )
+            .unwrap();
+            symlink(
+                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                root.join("lib64/ld-linux-x86-64.so.2"),
+            )
+            .unwrap();
+        });
+        let size = |p: &std::path::Path| fs::metadata(p).unwrap().len();
+        assert_eq!(
+            read(&stack, "true", u64::MAX),
+            [
+                ("/usr/bin/true".to_string(), size(&program)),
+                ("/lib64/ld-linux-x86-64.so.2".to_string(), size(&loader)),
+                ("/lib/x86_64-linux-gnu/libc.so.6".to_string(), size(&libc)),
+            ],
+            "libc needs the loader too, which is read once"
+        );
+        // A budget smaller than libc: the program and the loader whole, libc's first blocks.
+        let budget = size(&program) + size(&loader) + 4096;
+        let got = read(&stack, "true", budget);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[2].0, "/lib/x86_64-linux-gnu/libc.so.6");
+        assert!(got[2].1 <= 8192 && got[2].1 > 0, "{got:?}");
     }
 
     #[test]
@@ -203,6 +377,7 @@ mod tests {
             assert_eq!(found(&stack, command), None, "{command:?}");
         }
         assert_eq!(found(&stack, "file").as_deref(), Some("/bin/file"));
+        assert_eq!(read(&stack, "loop", u64::MAX), []);
         assert_eq!(
             found(&stack, "/../bin/file").as_deref(),
             Some("/../bin/file")
