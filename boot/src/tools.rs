@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use fim_image::Image;
+use fim_image::{Image, ToolEntry};
 
 use crate::debug;
 
@@ -55,6 +55,11 @@ impl Tool {
             Tool::FuseOverlayfs => "fuse-overlayfs",
             Tool::Unionfs => "unionfs-fuse",
         }
+    }
+
+    /// Its entry in the image's tool table, if the image embeds it.
+    fn entry(self, image: &Image) -> Option<&ToolEntry> {
+        image.tool_entries().iter().find(|t| t.name == self.name())
     }
 
     /// Whether its variable names a program to use.
@@ -123,10 +128,7 @@ pub fn held_bwrap(image: &Image) -> Option<(File, [u8; 32])> {
     if Tool::Bwrap.named_by_variable() {
         return None;
     }
-    let entry = image
-        .tool_entries()
-        .iter()
-        .find(|t| t.name == Tool::Bwrap.name())?;
+    let entry = Tool::Bwrap.entry(image)?;
     let made = image
         .tool(Tool::Bwrap.name())
         .map_err(anyhow::Error::from)
@@ -214,10 +216,8 @@ pub fn setuid_bwrap() -> anyhow::Result<Program> {
 /// Opens the bwrap memfd a session daemon holds, after checking that it is this image's
 /// program (by digest) and that it is sealed against every change.
 fn open_held(image: &Image, held: &Held<'_>) -> anyhow::Result<File> {
-    let ours = image
-        .tool_entries()
-        .iter()
-        .find(|t| t.name == Tool::Bwrap.name())
+    let ours = Tool::Bwrap
+        .entry(image)
         .context("this image embeds no bwrap")?;
     if short_digest(&ours.digest) != held.digest {
         bail!("it is another build of bwrap than this image's");
@@ -297,17 +297,14 @@ pub fn describe(image: &Image) -> anyhow::Result<Vec<String>> {
             .map(|out| version_of(&out.stdout, &out.stderr))
             .unwrap_or_else(|| "version unknown".into());
         let origin = match program.origin {
-            Origin::Embedded => {
-                let entry = image.tool_entries().iter().find(|t| t.name == tool.name());
-                match entry {
-                    Some(t) => format!(
-                        "embedded, {} bytes stored, blake3 {}",
-                        t.size,
-                        fim_layers::hex(&t.digest)
-                    ),
-                    None => "embedded".into(),
-                }
-            }
+            Origin::Embedded => match tool.entry(image) {
+                Some(t) => format!(
+                    "embedded, {} bytes stored, blake3 {}",
+                    t.size,
+                    fim_layers::hex(&t.digest)
+                ),
+                None => "embedded".into(),
+            },
             Origin::Environment => format!("{} from {}", program.path.display(), tool.variable()),
             Origin::Host => format!("{} from PATH", program.path.display()),
         };
