@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use fim_tests::checks::{wait_for, wait_for_the_session_to_end};
 use fim_tests::fsutil::setuid_bwrap;
+use fim_tests::run::SpawnRetrying;
 use fim_tests::sandbox::{App, Extra, Who, app_with_backend, base_image_with};
 use fim_tests::{layout, run, skip};
 
@@ -355,7 +356,7 @@ fn a_launcher_asking_for_the_other_state_joins_the_running_instances_and_says_so
         .env("FIM_CASEFOLD", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = running.spawn().expect("start an instance");
+    let mut child = running.spawn_retrying();
     wait_for(|| started.exists(), "the first instance");
     let out = sh_with(&app, "0", &[], "cat '/program files/game/data.pak'");
     let _ = child.kill();
