@@ -421,3 +421,37 @@ fn without_user_namespaces_casefold_is_refused_in_one_line() {
     out.assert_ok();
     assert_eq!(out.stdout, "pak\n");
 }
+
+/// Directories changed, by another case, after the walker listed them ahead of the
+/// kernel (it does as soon as the kernel lists their parent), then walked: the walk sees
+/// them as they are, and the session's log says the listings made ahead were stale.
+const CHANGED_AFTER_LISTED_AHEAD: &str = r#"set -e
+mkdir -p /walk/A/x /walk/B/y /walk/C
+echo 1 >/walk/A/one; echo 2 >/walk/B/two
+ls /walk >/dev/null
+sleep 1
+echo 3 >/walk/a/Three
+rm /walk/b/TWO
+echo $(find /walk | sort)
+"#;
+
+fim_tests::for_both!(a_walk_sees_directories_changed_after_they_were_listed_ahead);
+
+fn a_walk_sees_directories_changed_after_they_were_listed_ahead(who: Who) {
+    let Some(app) = casefold_app("casefold walk ahead", who, "bwrap") else {
+        return;
+    };
+    let out = sh_with(&app, "1", &[("FIM_DEBUG", "1")], CHANGED_AFTER_LISTED_AHEAD);
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, "/walk /walk/A /walk/A/Three /walk/A/one /walk/A/x /walk/B /walk/B/y /walk/C\n",
+        "{}",
+        out.stderr
+    );
+    wait_for_the_session_to_end(&app);
+    let log = std::fs::read_to_string(app.data_dir().join("session.log")).unwrap_or_default();
+    assert!(
+        log.contains("casefold: a listing made ahead is stale"),
+        "no listing made ahead was found stale:\n{log}"
+    );
+}

@@ -11,10 +11,13 @@
 //!
 //! It never renames anything below: turned off, every file is reachable by its real name.
 //! `fold` is the comparison, `names` the choice of a real name, `inodes` the node table,
-//! `sys` the calls on the view below, `server` the file system.
+//! `sys` the calls on the view below, `server` the file system, `listing` a directory's
+//! entries, `ahead` the walker that lists directories before the kernel asks.
 
+mod ahead;
 mod fold;
 mod inodes;
+mod listing;
 mod names;
 mod server;
 mod sys;
@@ -46,15 +49,26 @@ pub enum Below {
 /// The server holds a descriptor for every node the kernel remembers, and a walk with
 /// readdirplus makes the kernel remember every entry listed: the soft limit of 1,024 would
 /// fail a `find` over a large tree with EMFILE. The daemon takes the hard limit the host
-/// allows (no privilege needed); if it cannot, it keeps what it has.
-fn raise_descriptor_limit() {
+/// allows (no privilege needed); if it cannot, it keeps what it has. Returns the limit.
+fn raise_descriptor_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        debug::log(format!("casefold: descriptor limit stays at {soft}: {e}"));
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            debug::log(format!("casefold: descriptor limit stays at {soft}: {e}"));
+            return soft;
+        }
+        return hard;
     }
+    soft
+}
+
+/// Descriptors the walker ahead may hold in its listings: a quarter of the limit, the rest
+/// left to the nodes the kernel remembers, and no more than a large walk needs.
+fn walk_ahead_budget(limit: u64) -> usize {
+    usize::try_from(limit / 4).unwrap_or(usize::MAX).min(8192)
 }
 
 /// Mounts the casefold view over the writable view at `root`, served on threads of the
@@ -72,9 +86,9 @@ pub fn serve(
         nix::sys::stat::Mode::empty(),
     )
     .with_context(|| format!("cannot open {}", root.display()))?;
-    raise_descriptor_limit();
+    let budget = walk_ahead_budget(raise_descriptor_limit());
     let (stale, stale_rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
-    let fs = server::CasefoldFs::new(view, root, stale, below)
+    let fs = server::CasefoldFs::new(view, root, stale, below, budget)
         .map_err(|e| anyhow::anyhow!("cannot read {}: errno {}", root.display(), e.code()))?;
     let session = fuser::Session::new(fs, root, &config(isolation)).map_err(|e| {
         anyhow::anyhow!(

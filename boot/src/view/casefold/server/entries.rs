@@ -4,8 +4,8 @@
 //! remove, rename), each by real names only.
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +15,11 @@ use fuser::{
 };
 
 use super::attr::attr;
-use super::{CasefoldFs, Listing, MAX_LISTINGS, NO_TTL, TTL, io_errno};
+use super::{CasefoldFs, Listing, MAX_LISTINGS, NO_TTL, TTL};
 use crate::debug;
 use crate::view::casefold::fold::fold;
 use crate::view::casefold::inodes::Node;
+use crate::view::casefold::listing::{self, DirListing, Entry};
 use crate::view::casefold::names::{DirNames, Stamp};
 use crate::view::casefold::sys::{self, Make, Result};
 
@@ -64,14 +65,8 @@ impl CasefoldFs {
             return Ok(names);
         }
         // Listed without the lock: other directories' lookups go on meanwhile.
-        let entries = std::fs::read_dir(Path::new(OsStr::from_bytes(
-            sys::proc_path(&dir.fd).as_bytes(),
-        )))
-        .map_err(io_errno)?;
-        let names = Arc::new(DirNames::new(
-            stamp,
-            entries.filter_map(|e| e.ok().map(|e| e.file_name().as_bytes().to_vec())),
-        ));
+        let entries = self.read_listing(dir)?;
+        let names = Arc::new(DirNames::new(stamp, entries.into_iter().map(|e| e.name)));
         let mut cache = self.names.lock().map_err(|_| Errno::EIO)?;
         if cache.len() >= MAX_LISTINGS {
             cache.clear();
@@ -147,7 +142,12 @@ impl CasefoldFs {
     /// Counts a lookup of `name` in `dir` (which is there) and returns its node and
     /// attributes.
     pub(super) fn enter(&self, dir: &Node, name: &[u8]) -> Result<FileAttr> {
-        let fd = sys::open_path(&dir.fd, name)?;
+        self.enter_opened(sys::open_path(&dir.fd, name)?)
+    }
+
+    /// Counts a lookup of the object `fd` (an `O_PATH` descriptor) and returns its node
+    /// and attributes.
+    pub(super) fn enter_opened(&self, fd: OwnedFd) -> Result<FileAttr> {
         let st = sys::stat_fd(&fd)?;
         let id = self.inodes.looked_up(fd, (st.st_dev, st.st_ino))?;
         Ok(attr(id, &st))
@@ -260,7 +260,8 @@ impl CasefoldFs {
     }
 
     /// The listing of directory `ino` read through handle `fh` (0 for every reader when
-    /// the kernel opens directories itself), taken when it is read from the start.
+    /// the kernel opens directories itself), taken when it is read from the start: the
+    /// one the walker ahead prepared while the directory is unchanged, else listed now.
     pub(super) fn listing(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing> {
         let key = (ino.0, fh.0);
         if offset > 0
@@ -269,22 +270,19 @@ impl CasefoldFs {
             return Ok(l);
         }
         let node = self.node(ino)?;
-        let entries = std::fs::read_dir(Path::new(OsStr::from_bytes(
-            sys::proc_path(&node.fd).as_bytes(),
-        )))
-        .map_err(io_errno)?;
-        let listing: Listing = Arc::new(
-            entries
-                .filter_map(|e| {
-                    let e = e.ok()?;
-                    let kind = e
-                        .file_type()
-                        .ok()
-                        .and_then(FileType::from_std)
-                        .unwrap_or(FileType::RegularFile);
-                    Some((e.ino(), kind, e.file_name().as_bytes().to_vec()))
-                })
-                .collect(),
+        let now = stamp(&sys::stat_fd(&node.fd)?);
+        let listing = match self.ahead.take(node.key, now) {
+            Some(listing) => listing,
+            None => DirListing::new(self.read_listing(&node)?),
+        };
+        let listing: Listing = Arc::new(listing);
+        self.ahead.listed(
+            &node,
+            listing
+                .entries
+                .iter()
+                .filter(|e| e.kind == FileType::Directory)
+                .map(|e| e.name.as_slice()),
         );
         if let Ok(mut listings) = self.listings.lock() {
             // Listings a reader left unfinished are not kept for ever.
@@ -294,6 +292,11 @@ impl CasefoldFs {
             listings.insert(key, listing.clone());
         }
         Ok(listing)
+    }
+
+    /// The entries of the directory `dir` in the view below, listed now.
+    fn read_listing(&self, dir: &Node) -> Result<Vec<Entry>> {
+        listing::read(&dir.fd)
     }
 
     /// The listing of `ino` read through `fh` is finished or released.

@@ -42,7 +42,9 @@ use fuser::{
 };
 
 use super::Below;
+use super::ahead::WalkAhead;
 use super::inodes::{Inodes, Node};
+use super::listing::DirListing;
 use super::names::DirNames;
 use super::sys::{self, Make, Result};
 
@@ -61,8 +63,8 @@ const NO_TTL: Duration = Duration::ZERO;
 /// Listings kept at most; beyond it the cache starts over.
 const MAX_LISTINGS: usize = 4096;
 
-/// One directory entry of a listing: inode number, kind, name.
-type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
+/// A directory's listing, shared by the calls that read it.
+type Listing = Arc<DirListing>;
 
 /// The casefold file system over the view whose root is `root`.
 pub struct CasefoldFs {
@@ -91,6 +93,8 @@ pub struct CasefoldFs {
     named: Mutex<HashSet<(u64, Vec<u8>)>>,
     /// What the view below is: whether a close must be passed on.
     below: Below,
+    /// Warms the view below for the subdirectories of what the kernel lists.
+    ahead: WalkAhead,
 }
 
 impl CasefoldFs {
@@ -100,6 +104,7 @@ impl CasefoldFs {
         shown_root: &Path,
         stale: Sender<(u64, Vec<u8>)>,
         below: Below,
+        walk_ahead_budget: usize,
     ) -> Result<Self> {
         let st = sys::stat_fd(&root)?;
         // SAFETY: umask only swaps the process's mask; it is put back at once.
@@ -124,6 +129,7 @@ impl CasefoldFs {
             shown_root: shown_root.to_path_buf(),
             named: Mutex::new(HashSet::new()),
             below,
+            ahead: WalkAhead::start(walk_ahead_budget),
         })
     }
 
@@ -564,17 +570,17 @@ impl Filesystem for CasefoldFs {
             Err(e) => return reply.error(e),
         };
         let mut index = offset as usize;
-        while index < listing.len() + 2 {
+        while index < listing.entries.len() + 2 {
             let full = match index {
                 0 => reply.add(ino, 1, FileType::Directory, "."),
                 1 => reply.add(ino, 2, FileType::Directory, ".."),
                 _ => {
-                    let (d_ino, kind, name) = &listing[index - 2];
+                    let entry = &listing.entries[index - 2];
                     reply.add(
-                        INodeNo(*d_ino),
+                        INodeNo(entry.ino),
                         index as u64 + 1,
-                        *kind,
-                        OsStr::from_bytes(name),
+                        entry.kind,
+                        OsStr::from_bytes(&entry.name),
                     )
                 }
             };
@@ -583,7 +589,7 @@ impl Filesystem for CasefoldFs {
             }
             index += 1;
         }
-        if offset as usize >= listing.len() + 2 {
+        if offset as usize >= listing.entries.len() + 2 {
             // The kernel reads until an empty answer: this listing has been read.
             self.listing_done(ino, fh);
         }
@@ -611,7 +617,7 @@ impl Filesystem for CasefoldFs {
             Err(e) => return reply.error(e),
         };
         let mut index = offset as usize;
-        while index < listing.len() + 2 {
+        while index < listing.entries.len() + 2 {
             let next = index as u64 + 1;
             let full = match index {
                 0 | 1 => {
@@ -619,8 +625,12 @@ impl Filesystem for CasefoldFs {
                     reply.add(ino, next, name, &NO_TTL, &dot_attr(ino), Generation(0))
                 }
                 _ => {
-                    let name = &listing[index - 2].2;
-                    match self.enter(&dir, name) {
+                    let name = &listing.entries[index - 2].name;
+                    let entered = match listing.take_opened(index - 2) {
+                        Some(fd) => self.enter_opened(fd),
+                        None => self.enter(&dir, name),
+                    };
+                    match entered {
                         Ok(a) => {
                             let full = reply.add(
                                 a.ino,
@@ -652,7 +662,7 @@ impl Filesystem for CasefoldFs {
             }
             index += 1;
         }
-        if offset as usize >= listing.len() + 2 {
+        if offset as usize >= listing.entries.len() + 2 {
             // The kernel reads until an empty answer: this listing has been read.
             self.listing_done(ino, fh);
         }
