@@ -39,6 +39,9 @@ pub struct Places {
     pub layers: PathBuf,
     /// Mount point of the writable view (overlay) that becomes the sandbox's `/`.
     pub root: PathBuf,
+    /// Mount point of the view again, with the system directories read-only
+    /// (`view::sealed`): the root of a default run.
+    pub sealed: PathBuf,
     /// Mount point of an ephemeral run's tmpfs (its upper and work directories).
     pub scratch: PathBuf,
     /// Mount point of an ephemeral run's read-only bind of the data directory.
@@ -134,6 +137,7 @@ impl Places {
             session_lock: runtime.join("lock"),
             layers: instance.join("layers"),
             root: instance.join("root"),
+            sealed: instance.join("sealed"),
             scratch: instance.join("scratch"),
             read_only_data: instance.join("data"),
             instances: instance.join("instances"),
@@ -170,6 +174,7 @@ impl Places {
             &self.instances,
             &self.layers,
             &self.root,
+            &self.sealed,
             &self.scratch,
             &self.read_only_data,
         ] {
@@ -301,7 +306,7 @@ pub fn default_data_dir(image: &Path) -> anyhow::Result<PathBuf> {
     Ok(image.parent().unwrap_or(Path::new(".")).join(hidden))
 }
 
-fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+pub(crate) fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(mode)

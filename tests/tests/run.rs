@@ -28,6 +28,7 @@ fim_tests::for_both!(
     debug_output_ends_with_the_app_not_with_the_lingering_session,
     help_on_the_default_shell_points_to_fim_help,
     a_new_session_decompresses_the_program_it_starts_ahead,
+    the_session_seals_the_system_directories_once_and_a_new_one_falls_back,
 );
 
 fn runs_a_command_and_prints_its_output(who: Who) {
@@ -496,4 +497,44 @@ fn runs_when_started_with_stdin_closed() {
     let out = fim_tests::run(&mut cmd);
     out.assert_ok();
     assert_eq!(out.stdout, "ran\n");
+}
+
+/// The daemon makes the system directories read-only once per session (a tree of its own
+/// the launches bind as their root); a system directory `fim-root` makes while the session
+/// runs is not in that tree, so the next launch has bwrap make them all read-only, and the
+/// next session seals it too. Read-only in every case.
+fn the_session_seals_the_system_directories_once_and_a_new_one_falls_back(who: Who) {
+    const SEALED: &str = "sandbox: system directories read-only in the session's sealed root";
+    const FALLBACK: &str =
+        "sandbox: bwrap makes the system directories read-only (/boot is not sealed read-only)";
+    let Some(app) = App::new("sealed", who) else {
+        return;
+    };
+    let debug_sh = |script: &str| {
+        fim_tests::run(
+            app.command(["fim-exec", "sh", "-c", script])
+                .env("FIM_DEBUG", "1"),
+        )
+    };
+    let denied = "echo x >/usr/new || echo denied";
+    let out = debug_sh(denied);
+    out.assert_ok();
+    assert_eq!(out.stdout, "denied\n");
+    assert!(out.stderr.contains(SEALED), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{}",
+        out.stderr
+    );
+    // Inside the linger: the same session.
+    app.run(["fim-root", "mkdir", "-p", "/boot"]).assert_ok();
+    let out = debug_sh("echo x >/boot/new || echo denied");
+    out.assert_ok();
+    assert_eq!(out.stdout, "denied\n");
+    assert!(out.stderr.contains(FALLBACK), "{}", out.stderr);
+    checks::wait_for_the_session_to_end(&app);
+    let out = debug_sh("echo x >/boot/new || echo denied");
+    out.assert_ok();
+    assert_eq!(out.stdout, "denied\n");
+    assert!(out.stderr.contains(SEALED), "{}", out.stderr);
 }

@@ -5,8 +5,8 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -15,7 +15,7 @@ use fim_reserved::Overlay;
 use nix::fcntl::OFlag;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
-use super::bwrap::{Mount, SYSTEM_DIRS, Sandbox};
+use super::bwrap::{Mount, Sandbox};
 use super::environment::{self, Env, RunFacts};
 use super::identity::{self, Identity};
 use super::inside::{mountable, mountable_at, open_inside, read_inside};
@@ -27,7 +27,7 @@ use crate::locks::Running;
 use crate::places::Places;
 use crate::session::{self, namespaces};
 use crate::tools;
-use crate::view::{Isolation, Writable, layer_stack};
+use crate::view::{Isolation, Writable, layer_stack, sealed};
 
 /// One run of a command in the image.
 #[derive(Debug, Clone)]
@@ -128,11 +128,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
     let read_only = if launch.as_root {
         Vec::new()
     } else {
-        SYSTEM_DIRS
-            .iter()
-            .filter(|d| is_real_dir(&places.root.join(d)))
-            .map(|d| d.to_string())
-            .collect()
+        crate::view::sealed::system_dirs(&places.root)
     };
     let workdir = config.boot().and_then(|b| b.workdir);
     let cwd = start::start_dir(cwd, workdir.as_deref(), |dir| {
@@ -221,6 +217,40 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         && open_inside(&root_dir, &identity.home, OFlag::O_PATH).is_none())
     .then(|| identity.home.clone());
 
+    let tmp_files: Vec<(RawFd, PathBuf)> = apt_config
+        .iter()
+        .map(|f| (f.as_raw_fd(), noop_ids::APT_CONFIG.into()))
+        .collect();
+    // The session's sealed root where it serves this launch: bwrap then binds and remounts
+    // nothing for the system directories.
+    let (root, read_only) = if read_only.is_empty() {
+        (places.root.clone(), read_only)
+    } else {
+        let identity_points = [Path::new("/etc/passwd"), Path::new("/etc/group")];
+        let mount_points = mounts
+            .iter()
+            .map(|m| match m {
+                Mount::Bind { dst, .. } | Mount::Private { dst } => dst.as_path(),
+            })
+            .chain(identity_files.iter().flat_map(|_| identity_points))
+            .chain(tmp_files.iter().map(|(_, dst)| dst.as_path()))
+            .chain(make_home.as_deref());
+        let inside =
+            |p: &Path| open_inside(&root_dir, p, OFlag::O_PATH | OFlag::O_NOFOLLOW).is_some();
+        match sealed::usable(&places.sealed, &read_only, mount_points, inside) {
+            Ok(()) => {
+                debug::log("sandbox: system directories read-only in the session's sealed root");
+                (places.sealed.clone(), Vec::new())
+            }
+            Err(why) => {
+                debug::log(format!(
+                    "sandbox: bwrap makes the system directories read-only ({why})"
+                ));
+                (places.root.clone(), read_only)
+            }
+        }
+    };
+
     let (status_read, status_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     // The shim is this very launcher, run from the image through a descriptor.
@@ -232,7 +262,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         &launch.command,
     );
     let sandbox = Sandbox {
-        root: places.root.clone(),
+        root,
         user: sandbox_user(&launch, uid, &identity).filter(|_| !host_mounts),
         network: grants.network,
         unshare: config.unshare(),
@@ -240,10 +270,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         host_shm: grants.host_shm,
         read_only,
         identity_files,
-        tmp_files: apt_config
-            .iter()
-            .map(|f| (f.as_raw_fd(), noop_ids::APT_CONFIG.into()))
-            .collect(),
+        tmp_files,
         seccomp_fd: noop_ids.as_ref().map(|f| f.as_raw_fd()),
         make_home,
         mounts,
@@ -308,10 +335,6 @@ fn data_file(text: &str) -> anyhow::Result<File> {
 }
 
 /// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).
-fn is_real_dir(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
 fn shown(args: &[OsString]) -> String {
     args.iter()
         .map(|a| a.to_string_lossy().into_owned())

@@ -1,6 +1,8 @@
 //! The view: what the app sees as its root. Bottom to top:
 //!
 //! ```text
+//! places.sealed  the view again, system directories read-only (sealed): a default
+//!                run's root
 //! places.root    optionally the casefold view over it, on the same mount point
 //!                (casefold): names found whatever their case
 //! places.root    the writable view: kernel overlay, fuse-overlayfs or unionfs (overlay,
@@ -25,6 +27,7 @@ pub mod layer_stack;
 pub mod markers;
 pub mod overlay;
 pub mod prefetch;
+pub mod sealed;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -129,6 +132,8 @@ pub struct View {
     helper: Option<Helper>,
     /// The casefold view's server and what becomes readable when it stops, if it is on.
     casefold: Option<(fuser::SessionUnmounter, OwnedFd)>,
+    /// The view again with its system directories read-only, when mounted (`sealed`).
+    sealed: Option<PathBuf>,
     /// The extracted layers in use, when FUSE does not serve them.
     _extraction: Option<extracted::Extraction>,
 }
@@ -172,6 +177,7 @@ impl View {
                     fuse,
                     helper: mounted.helper,
                     casefold: None,
+                    sealed: None,
                     _extraction: extraction,
                 };
                 if casefold {
@@ -186,6 +192,17 @@ impl View {
                             view.detach();
                             return Err(e);
                         }
+                    }
+                }
+                // In the host's mount namespace (no user namespaces) the daemon mounts
+                // nothing itself; each launch's setuid bwrap makes them read-only.
+                let dirs = sealed::system_dirs(&places.root);
+                if isolation == Isolation::Namespaces && !dirs.is_empty() {
+                    match sealed::seal(&places.root, &places.sealed, &dirs) {
+                        Ok(()) => view.sealed = Some(places.sealed.clone()),
+                        Err(e) => debug::log(format!(
+                            "daemon: system directories not sealed ({e:#}); each launch's bwrap makes them read-only"
+                        )),
                     }
                 }
                 Ok(view)
@@ -226,6 +243,9 @@ impl View {
     /// backend is waited for before the layers below it are unmounted: it holds them open
     /// until it exits.
     pub fn detach(mut self) {
+        if let Some(sealed) = self.sealed.take() {
+            sealed::unseal(&sealed);
+        }
         if let Some((mut unmounter, _)) = self.casefold.take() {
             let _ = unmounter.unmount();
         }
