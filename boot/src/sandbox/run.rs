@@ -128,7 +128,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
     let read_only = if launch.as_root {
         Vec::new()
     } else {
-        crate::view::sealed::system_dirs(&places.root)
+        sealed::system_dirs(&places.root)
     };
     let workdir = config.boot().and_then(|b| b.workdir);
     let cwd = start::start_dir(cwd, workdir.as_deref(), |dir| {
@@ -334,7 +334,6 @@ fn data_file(text: &str) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// A directory, not a symlink to one (`/bin -> usr/bin` is covered through `/usr`).
 fn shown(args: &[OsString]) -> String {
     args.iter()
         .map(|a| a.to_string_lossy().into_owned())
