@@ -14,6 +14,7 @@ use fim_tests::{Output, skip};
 fim_tests::for_both!(
     home_is_the_hosts_only_with_the_permission,
     network_reaches_a_host_server_only_with_the_permission,
+    without_the_network_launches_share_the_sessions_loopback_only,
 );
 
 /// Runs `script` in the app with the extra host variables `env`, with `permission` off,
@@ -83,6 +84,40 @@ fn network_reaches_a_host_server_only_with_the_permission(who: Who) {
         1,
         "only the run with the permission connected"
     );
+}
+
+/// Without the network permission every launch of a session joins the network namespace
+/// the session's daemon made once: not the host's, its loopback up (127.0.0.1 is there)
+/// and nothing else.
+fn without_the_network_launches_share_the_sessions_loopback_only(who: Who) {
+    let Some(app) = App::new("perm_loopback", who) else {
+        return;
+    };
+    let script = "readlink /proc/self/ns/net; grep -c 127.0.0.1 /proc/net/fib_trie; \
+                  tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let launch = || {
+        let out = fim_tests::run(
+            app.command(["fim-exec", "sh", "-c", script])
+                .env("FIM_DEBUG", "1"),
+        );
+        out.assert_ok();
+        assert!(
+            out.stderr
+                .contains("network: the session's own, loopback only"),
+            "{}",
+            out.stderr
+        );
+        out.stdout
+    };
+    let first = launch();
+    let again = launch();
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 3, "{first}");
+    assert_eq!(first, again, "one network for the session's launches");
+    let host = std::fs::read_link("/proc/self/ns/net").expect("the host's network namespace");
+    assert_ne!(lines[0], host.to_string_lossy(), "not the host's network");
+    assert_ne!(lines[1], "0", "the loopback is up: {first}");
+    assert_eq!(lines[2], "lo", "the loopback only: {first}");
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub struct Sandbox {
     pub user: Option<(u32, u32)>,
     /// The host's network; otherwise the app gets a network namespace with loopback only.
     pub network: bool,
+    /// Whether the launcher already joined such a namespace (the session's): bwrap then
+    /// makes none.
+    pub network_joined: bool,
     /// Namespaces unshared on request (`fim-unshare`); pid is always unshared.
     pub unshare: Unshare,
     /// The host's whole `/dev` (the `dev` permission); otherwise a minimal one of the
@@ -83,7 +86,7 @@ impl Sandbox {
         }
         let unshared = [
             (
-                !self.network || self.unshare.contains(Unshare::net),
+                (!self.network && !self.network_joined) || self.unshare.contains(Unshare::net),
                 "--unshare-net",
             ),
             (self.unshare.contains(Unshare::ipc), "--unshare-ipc"),
@@ -189,6 +192,7 @@ mod tests {
             root: PathBuf::from("/run/x/root"),
             user: Some((1000, 100)),
             network: false,
+            network_joined: false,
             unshare: Unshare::empty(),
             host_dev: false,
             host_shm: false,
@@ -237,6 +241,17 @@ mod tests {
         let mut s = sandbox();
         s.network = true;
         assert!(!text(&s).contains("--unshare-net"));
+        s.unshare = Unshare::net;
+        assert!(text(&s).contains("--unshare-net"));
+    }
+
+    #[test]
+    fn a_joined_session_network_needs_no_namespace_of_bwraps_own() {
+        let mut s = sandbox();
+        assert!(text(&s).contains("--unshare-net"));
+        s.network_joined = true;
+        assert!(!text(&s).contains("--unshare-net"));
+        // Asked for explicitly, it is still made.
         s.unshare = Unshare::net;
         assert!(text(&s).contains("--unshare-net"));
     }

@@ -106,6 +106,11 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         };
         tools::open_held_bwrap(&image, tools_held)
     });
+    let network = membership.network.and_then(|fd| {
+        session::network::open(membership.daemon, fd)
+            .inspect_err(|e| debug::log(format!("network: {e:#}; bwrap makes one")))
+            .ok()
+    });
     let isolation = {
         let _step = Step::new("join the session's namespaces");
         namespaces::join(membership.daemon)?
@@ -158,6 +163,18 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         setting: &|key| configured.get(key).map(OsStr::to_owned),
     })?;
     let grants = perms::grants(config.permissions(), &RealHost(&host.0));
+    // Without the network permission: the session's loopback-only network, joined now that
+    // this process is in the user namespace that owns it, rather than one made by bwrap.
+    let network_joined = !grants.network
+        && isolation == Isolation::Namespaces
+        && network.as_ref().is_some_and(|ns| {
+            session::network::join(ns)
+                .inspect_err(|e| debug::log(format!("network: {e:#}; bwrap makes one")))
+                .is_ok()
+        });
+    if network_joined {
+        debug::log("network: the session's own, loopback only");
+    }
     let mut env = environment::sandbox_env(&host, &own, &identity, &grants.env, &configured);
     let mut mounts = grants.mounts;
     mounts.extend(binds::mounts(
@@ -265,6 +282,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         root,
         user: sandbox_user(&launch, uid, &identity).filter(|_| !host_mounts),
         network: grants.network,
+        network_joined,
         unshare: config.unshare(),
         host_dev: grants.host_dev,
         host_shm: grants.host_shm,

@@ -15,7 +15,7 @@
 use std::ffi::OsStr;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use nix::unistd::{ForkResult, fork, setsid};
 
 use super::greeting::{Greeting, HeldProgram, LEAVING, QUIT, send};
 use super::mounted_data::MountedData;
-use super::namespaces;
+use super::{namespaces, network};
 use crate::commit::journal;
 use crate::debug;
 use crate::locks::DataLock;
@@ -42,7 +42,7 @@ use crate::tools;
 use crate::view::extracted::Report;
 use crate::view::fuse_backend::millis;
 use crate::view::layer_stack::{self, LayerFile};
-use crate::view::{Layers, View, Writable, prefetch};
+use crate::view::{Isolation, Layers, View, Writable, prefetch};
 
 /// How long a session outlives its last launcher when that one ended normally: a
 /// relaunch within it finds the layers mounted and their caches warm. A launcher that was
@@ -161,6 +161,9 @@ struct Daemon<'a> {
     /// The image's bwrap in a sealed memfd, with its digest: its launchers run it from
     /// here (`tools::open_held_bwrap`) instead of each decompressing its own.
     bwrap: Option<(File, [u8; 32])>,
+    /// The session's loopback-only network namespace, for launches without the network
+    /// permission (`network`).
+    network: Option<OwnedFd>,
     /// Why the view's backend is not `wanted`, for the launcher that started the session.
     notice: Option<String>,
     /// How long the session outlives its last launcher: an ephemeral one not at all, as
@@ -230,6 +233,16 @@ impl<'a> Daemon<'a> {
             Writable::Ephemeral(_) => None,
         };
         let isolation = namespaces::create(uid, gid)?;
+        let network = match isolation {
+            Isolation::Namespaces => network::make()
+                .inspect_err(|e| {
+                    debug::log(format!(
+                        "daemon: no network namespace for the session ({e:#}); each launch's bwrap makes one"
+                    ));
+                })
+                .ok(),
+            Isolation::Host => None,
+        };
         // No user namespace is made after this one: the layer server may use a thread to
         // decompress ahead of its readers.
         cache.allow_decompress_ahead();
@@ -271,6 +284,7 @@ impl<'a> Daemon<'a> {
             wanted,
             casefold,
             bwrap,
+            network,
             notice: view.notice.take(),
             view,
             linger: match writable {
@@ -484,6 +498,7 @@ impl<'a> Daemon<'a> {
                 fd: file.as_raw_fd(),
                 digest: tools::short_digest(digest),
             }),
+            network: self.network.as_ref().map(AsRawFd::as_raw_fd),
         };
         if stream.write_all(greeting.encode().as_bytes()).is_ok() {
             clients.push(stream);

@@ -5,15 +5,16 @@
 //! ```text
 //! daemon -> launcher:  note TEXT\n ...        things the user should know (zero or more)
 //!                      progress DONE TOTAL\n ...   a long step's bytes (an extraction)
-//!                      ready PID IDENTITY INSTANCES WANTED USED CASEFOLD(0|1) BWRAP\n | failed WHY\n
+//!                      ready PID IDENTITY INSTANCES WANTED USED CASEFOLD(0|1) BWRAP NETWORK\n | failed WHY\n
 //!                      ended WHY\n           (later, only when the session fails under its members)
 //! launcher -> daemon:  L (leaving after a normal run: linger) | Q (make way, only member)
 //! ```
 //!
 //! BWRAP is `FD:DIGEST` when the daemon holds the image's bwrap in a sealed memfd at
 //! descriptor FD (DIGEST: the first 8 bytes of its BLAKE3, in hex), so a launcher runs
-//! it from there instead of decompressing its own; `-` when it holds none. A daemon of an
-//! older launcher sends no BWRAP word.
+//! it from there instead of decompressing its own; `-` when it holds none. NETWORK is the
+//! descriptor FD of the session's loopback-only network namespace (`network`), `-` when it
+//! made none. A daemon of an older launcher sends no BWRAP word, or no NETWORK word.
 //!
 //! After `ready` the daemon is silent until the session ends under its members (the view's
 //! FUSE server or backend stopped, or the daemon was told to stop): then it sends `ended`
@@ -41,6 +42,8 @@ pub enum Greeting {
         casefold: bool,
         /// The image's bwrap, held by the daemon for its launchers.
         bwrap: Option<HeldProgram>,
+        /// The daemon's descriptor of the session's network namespace.
+        network: Option<i32>,
     },
     /// The daemon could not set the session up; the text says why.
     Failed(String),
@@ -88,12 +91,14 @@ impl Greeting {
                 used,
                 casefold,
                 bwrap,
+                network,
             } => format!(
-                "ready {pid} {image} {instances} {wanted} {used} {} {}\n",
+                "ready {pid} {image} {instances} {wanted} {used} {} {} {}\n",
                 u8::from(*casefold),
                 bwrap
                     .as_ref()
-                    .map_or("-".to_string(), |b| format!("{}:{}", b.fd, b.digest))
+                    .map_or("-".to_string(), |b| format!("{}:{}", b.fd, b.digest)),
+                network.map_or("-".to_string(), |fd| fd.to_string())
             ),
             // One line, whatever the message held.
             Greeting::Failed(why) => format!("failed {}\n", why.replace('\n', " ")),
@@ -136,6 +141,10 @@ impl Greeting {
             Some(word) => HeldProgram::parse(word)?,
             None => None,
         };
+        let network = match words.next() {
+            None | Some("-") => None,
+            Some(word) => Some(word.parse().ok().filter(|fd: &i32| *fd >= 0)?),
+        };
         words.next().is_none().then_some(Greeting::Ready {
             pid,
             image,
@@ -144,6 +153,7 @@ impl Greeting {
             used,
             casefold,
             bwrap,
+            network,
         })
     }
 }
@@ -176,16 +186,17 @@ mod tests {
                 fd: 7,
                 digest: "736e095701b58ae3".into(),
             }),
+            network: Some(9),
         };
         assert_eq!(
             g.encode(),
-            "ready 42 00ff 3 bwrap unionfs 1 7:736e095701b58ae3\n"
+            "ready 42 00ff 3 bwrap unionfs 1 7:736e095701b58ae3 9\n"
         );
         assert_eq!(Greeting::parse(&g.encode()), Some(g));
     }
 
     #[test]
-    fn ready_without_a_held_bwrap_round_trips_and_an_older_daemons_ready_parses() {
+    fn ready_without_a_held_bwrap_or_network_round_trips_and_an_older_daemons_ready_parses() {
         let g = Greeting::Ready {
             pid: 42,
             image: "00ff".into(),
@@ -194,9 +205,14 @@ mod tests {
             used: Overlay::Bwrap,
             casefold: false,
             bwrap: None,
+            network: None,
         };
-        assert_eq!(g.encode(), "ready 42 00ff 1 bwrap bwrap 0 -\n");
+        assert_eq!(g.encode(), "ready 42 00ff 1 bwrap bwrap 0 - -\n");
         assert_eq!(Greeting::parse(&g.encode()), Some(g.clone()));
+        assert_eq!(
+            Greeting::parse("ready 42 00ff 1 bwrap bwrap 0 -\n"),
+            Some(g.clone())
+        );
         assert_eq!(Greeting::parse("ready 42 00ff 1 bwrap bwrap 0\n"), Some(g));
     }
 
@@ -265,6 +281,8 @@ mod tests {
             "ready 5 ab 1 bwrap bwrap 2\n",
             "ready 5 ab 1 bwrap bwrap 0 extra\n",
             "ready 5 ab 1 bwrap bwrap 0 - extra\n",
+            "ready 5 ab 1 bwrap bwrap 0 - -1\n",
+            "ready 5 ab 1 bwrap bwrap 0 - 3 extra\n",
             "ready 5 ab 1 bwrap bwrap 0 7\n",
             "ready 5 ab 1 bwrap bwrap 0 2:736e095701b58ae3\n",
             "ready 5 ab 1 bwrap bwrap 0 7:736e0957\n",

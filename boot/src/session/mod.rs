@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod greeting;
 mod mounted_data;
 pub mod namespaces;
+pub mod network;
 mod subids;
 
 use std::ffi::OsStr;
@@ -58,6 +59,8 @@ pub struct Membership {
     pub casefold: bool,
     /// The image's bwrap as the daemon holds it, if it does.
     pub bwrap: Option<HeldProgram>,
+    /// The daemon's descriptor of the session's loopback-only network, if it made one.
+    pub network: Option<i32>,
 }
 
 impl Membership {
@@ -334,6 +337,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                 used,
                 casefold,
                 bwrap,
+                network,
             }) => {
                 drop(reader);
                 return Ok(Some((
@@ -345,6 +349,7 @@ fn greeting(stream: UnixStream) -> anyhow::Result<Option<(Membership, String)>> 
                         overlay: used,
                         casefold,
                         bwrap,
+                        network,
                     },
                     image,
                 )));
