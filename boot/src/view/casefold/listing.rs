@@ -10,9 +10,9 @@ use std::os::unix::fs::DirEntryExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use fuser::{Errno, FileType};
+use fuser::FileType;
 
-use super::sys::{self, Result};
+use super::sys::{self, Result, io_errno};
 
 /// One entry: inode number, kind, name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +58,10 @@ impl DirListing {
 pub fn read(dir: &impl AsRawFd) -> Result<Vec<Entry>> {
     let path = sys::proc_path(dir);
     let listing =
-        std::fs::read_dir(Path::new(OsStr::from_bytes(path.as_bytes()))).map_err(errno)?;
+        std::fs::read_dir(Path::new(OsStr::from_bytes(path.as_bytes()))).map_err(io_errno)?;
     let mut entries = Vec::new();
     for e in listing {
-        let e = e.map_err(errno)?;
+        let e = e.map_err(io_errno)?;
         entries.push(Entry {
             ino: e.ino(),
             kind: kind(e.file_type().ok()),
@@ -69,10 +69,6 @@ pub fn read(dir: &impl AsRawFd) -> Result<Vec<Entry>> {
         });
     }
     Ok(entries)
-}
-
-fn errno(e: std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// The kind a listing gives; a file system that gives none lists a regular file (the

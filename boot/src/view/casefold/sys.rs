@@ -19,6 +19,11 @@ pub fn last() -> Errno {
     )
 }
 
+/// The `errno` of a failed I/O call of the standard library.
+pub fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// A call's return value, or its `errno`.
 pub fn check(ret: libc::c_long) -> Result<libc::c_long> {
     if ret < 0 { Err(last()) } else { Ok(ret) }

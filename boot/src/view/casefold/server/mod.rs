@@ -46,7 +46,7 @@ use super::ahead::WalkAhead;
 use super::inodes::{Inodes, Node};
 use super::listing::DirListing;
 use super::names::DirNames;
-use super::sys::{self, Make, Result};
+use super::sys::{self, Make, Result, io_errno};
 
 mod attr;
 mod backing;
@@ -151,10 +151,6 @@ impl CasefoldFs {
             .attach(ino, fd.as_raw_fd() as u64, || register(&fd));
         (FileHandle(fd_handle(fd)), passed)
     }
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// An open file, by its handle (the raw descriptor), without taking ownership.
