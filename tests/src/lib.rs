@@ -1,4 +1,4 @@
-//! Shared helpers of the end-to-end tests (`tests/tests/*.rs`).
+//! Shared helpers of the end-to-end tests (`tests/tests/e2e/`, one test program).
 //!
 //! - [`bins`]: where the built `fim` and `fim-boot` are (`FIM_DIST`, default `dist/`).
 //! - [`run`]: running a command and checking how it ended.

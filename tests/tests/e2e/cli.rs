@@ -538,15 +538,16 @@ fn an_output_that_is_a_device_fifo_or_symlink_is_never_replaced() {
 #[test]
 fn a_reader_that_stops_early_ends_fim_quietly() {
     let (_dir, _src, image) = small_image();
-    let mut child = Command::new(fim_tests::fim_path())
+    // The reading end is closed before fim starts: its first print meets a broken pipe.
+    // (Closed after the spawn, it would race with fim, which may have written by then.)
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(fim_tests::fim_path())
         .args([OsStr::new("inspect"), image.as_os_str()])
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn fim inspect");
-    // Close the reading end before fim writes: its first print meets a broken pipe.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().expect("wait for fim");
+        .output()
+        .expect("run fim inspect");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(
