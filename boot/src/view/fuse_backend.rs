@@ -17,6 +17,8 @@ use anyhow::{Context, bail};
 use fim_reserved::Overlay;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use super::Isolation;
 use super::overlay::{Branches, prepare_upper, tool};
@@ -28,6 +30,9 @@ use crate::tools::{Program, Tool};
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a FUSE backend may take to exit once its mount is detached.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backend mounted in the host's mount namespace may take to exit on its own
+/// once its mount is detached, before it is asked to.
+const HOST_EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// A FUSE backend's process.
 pub struct Helper {
@@ -74,6 +79,25 @@ impl Helper {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+
+    /// As [`Helper::stop`], for a backend mounted in the host's mount namespace. There,
+    /// a mount namespace another process made meanwhile holds a copy of the backend's mount
+    /// (on a host whose mounts do not propagate, as in many containers), which keeps it
+    /// serving after our detach until that namespace ends: after a short grace, it is
+    /// asked to exit (SIGTERM: it leaves its loop and ends) instead of being waited out.
+    pub fn stop_in_host(self) {
+        if !wait_readable(self.pidfd.as_fd(), HOST_EXIT_GRACE) {
+            debug::log(format!(
+                "daemon: {} still serves a copy of its mount made elsewhere; asking it to exit",
+                self.name
+            ));
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                // Not yet waited for, so the pid is still the backend's.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        self.stop();
     }
 }
 

@@ -257,7 +257,10 @@ impl View {
         }
         if let Some(helper) = self.helper.take() {
             debug::log(format!("daemon: waiting for {} to exit", helper.name()));
-            helper.stop();
+            match self.isolation {
+                Isolation::Namespaces => helper.stop(),
+                Isolation::Host => helper.stop_in_host(),
+            }
         }
         if let Some((unmounter, _)) = &mut self.fuse {
             let _ = unmounter.unmount();

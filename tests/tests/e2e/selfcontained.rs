@@ -479,8 +479,23 @@ fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
     let out = refused(&["fim-exec", "cat", "/data/up"]);
     out.assert_ok();
     assert_eq!(out.stdout, "up\n");
+    // While the session lingers, another process makes a mount namespace: a copy of the
+    // session's mounts that our detach does not reach here (this host's mounts do not
+    // propagate). The FUSE backend serving that copy is told to exit, not waited out.
+    let holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "sleep", "60"])
+            .spawn()
+            .expect("unshare --mount"),
+    );
+    let ours = std::fs::read_link("/proc/self/ns/mnt").expect("our mount namespace");
+    checks::wait_for(
+        || std::fs::read_link(format!("/proc/{}/ns/mnt", holder.0.id())).is_ok_and(|ns| ns != ours),
+        "a mount namespace of another process",
+    );
     // The session's mounts are the host's while it runs, and gone when it ends.
     checks::wait_for_the_session_to_end(&app);
+    drop(holder);
     assert!(
         fim_tests::sandbox::host_mounts_mentioning(&app.runtime_dir()).is_empty(),
         "the session's fusermount3 mounts outlived it"
@@ -491,4 +506,14 @@ fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
         .env("FIM_TEST_REFUSE_USERNS", "1")
         .env("FIM_BWRAP", which("bwrap").expect("bwrap")));
     out.assert_clean_failure("app.flatimage: cannot create a user namespace (EPERM");
+}
+
+/// A process holding a mount namespace of its own, killed when dropped.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
