@@ -212,10 +212,7 @@ impl<'a> Daemon<'a> {
         let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("cannot create a signalfd")?;
 
-        let bwrap = {
-            let _step = debug::Step::new("daemon: hold the image's bwrap");
-            tools::held_bwrap(layers.image)
-        };
+        let bwrap = tools::held_bwrap(layers.image);
         let cache = BlockCache::new(DEFAULT_CACHE_BYTES);
         let stack = {
             let _step = debug::Step::new("daemon: open the layers");
@@ -235,21 +232,15 @@ impl<'a> Daemon<'a> {
             Writable::Persistent => MountedData::hold(places),
             Writable::Ephemeral(_) => None,
         };
-        let isolation = {
-            let _step = debug::Step::new("daemon: make the namespaces");
-            namespaces::create(uid, gid)?
-        };
+        let isolation = namespaces::create(uid, gid)?;
         let network = match isolation {
-            Isolation::Namespaces => {
-                let _step = debug::Step::new("daemon: make the network namespace");
-                network::make()
-                    .inspect_err(|e| {
-                        debug::log(format!(
-                            "daemon: no network namespace for the session ({e:#}); each launch's bwrap makes one"
-                        ));
-                    })
-                    .ok()
-            }
+            Isolation::Namespaces => network::make()
+                .inspect_err(|e| {
+                    debug::log(format!(
+                        "daemon: no network namespace for the session ({e:#}); each launch's bwrap makes one"
+                    ));
+                })
+                .ok(),
             Isolation::Host => None,
         };
         // No user namespace is made after this one: the layer server may use a thread to

@@ -88,14 +88,11 @@ impl Helper {
     /// asked to exit (SIGTERM: it leaves its loop and ends) instead of being waited out.
     pub fn stop_in_host(self) {
         if !wait_readable(self.pidfd.as_fd(), HOST_EXIT_GRACE) {
-            debug::log(format!(
-                "daemon: {} still serves a copy of its mount made elsewhere; asking it to exit",
-                self.name
-            ));
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                // Not yet waited for, so the pid is still the backend's.
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
+            debug::log(
+                "daemon: the FUSE backend serves a copy of its mount made elsewhere; asking it to exit",
+            );
+            // Not yet waited for, so the pid (a pid_t the kernel gave) is still the backend's.
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
         }
         self.stop();
     }
