@@ -480,8 +480,9 @@ fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
     out.assert_ok();
     assert_eq!(out.stdout, "up\n");
     // While the session lingers, another process makes a mount namespace: a copy of the
-    // session's mounts that our detach does not reach here (this host's mounts do not
-    // propagate). The FUSE backend serving that copy is told to exit, not waited out.
+    // session's mounts that our detach does not reach (unshare makes its copy private, as
+    // a host whose mounts do not propagate does). The FUSE backend serving that copy is
+    // told to exit, not waited out.
     let holder = Holder(
         Command::new("unshare")
             .args(["--mount", "sleep", "60"])
