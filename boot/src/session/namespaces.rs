@@ -175,10 +175,7 @@ fn userns_hint() -> (String, String) {
 /// `pid`: its user namespace when it has its own, then its mount namespace. A session in
 /// the host's namespaces has nothing to join.
 pub fn join(pid: i32) -> anyhow::Result<Isolation> {
-    let open = |kind: &str| {
-        let path = format!("/proc/{pid}/ns/{kind}");
-        File::open(&path).with_context(|| format!("cannot open {path}"))
-    };
+    let open = |kind: &str| open_daemons(pid, &format!("ns/{kind}"));
     let theirs = open("user")?;
     let ours = File::open("/proc/self/ns/user").context("cannot open /proc/self/ns/user")?;
     let mnt = open("mnt")?;
@@ -195,4 +192,10 @@ pub fn join(pid: i32) -> anyhow::Result<Isolation> {
     }
     setns(&mnt, CloneFlags::CLONE_NEWNS).context("cannot join the session's mount namespace")?;
     Ok(Isolation::Namespaces)
+}
+
+/// Opens `/proc/PID/WHAT` of the session's daemon `pid` (through the host's `/proc`).
+pub fn open_daemons(pid: i32, what: &str) -> anyhow::Result<File> {
+    let path = format!("/proc/{pid}/{what}");
+    File::open(&path).with_context(|| format!("cannot open {path}"))
 }

@@ -65,8 +65,7 @@ fn loopback_up() -> anyhow::Result<()> {
 /// Opens the daemon `pid`'s network namespace, descriptor `fd` there (through the host's
 /// `/proc`: before joining the session's mount namespace).
 pub fn open(pid: i32, fd: i32) -> anyhow::Result<File> {
-    let path = format!("/proc/{pid}/fd/{fd}");
-    File::open(&path).with_context(|| format!("cannot open {path}"))
+    super::namespaces::open_daemons(pid, &format!("fd/{fd}"))
 }
 
 /// Moves the calling thread into `network` (from [`open`]); the sandbox it starts then
