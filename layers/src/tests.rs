@@ -175,6 +175,72 @@ fn warming_a_file_decompresses_its_blocks_up_to_the_limit_and_no_more() {
     assert_eq!(read_all(&stack, &big), data);
 }
 
+/// Paths in the order their contents lie in the data stream of a layer built with `order`.
+fn stream_order(order: ContentOrder) -> Vec<&'static str> {
+    let src = tempfile::tempdir().unwrap();
+    let paths = [
+        "a/copyright",
+        "a/x.txt",
+        "b/copyright",
+        "b/v.aa",
+        "b/y.txt",
+        "c/copyright",
+        "c/sub/copyright",
+        "c/z.txt",
+    ];
+    for (i, path) in paths.iter().enumerate() {
+        let path = src.path().join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, vec![b'a' + i as u8; 100 + i]).unwrap();
+    }
+    let options = BuildOptions {
+        order,
+        ..small_options()
+    };
+    let (out, size) = build(src.path(), &options);
+    let stack = Stack::new(vec![open(&out, size)]).unwrap();
+    let mut by_offset: Vec<(u64, &str)> = paths
+        .iter()
+        .map(|p| (resolve(&stack, p).unwrap().inode.a, *p))
+        .collect();
+    by_offset.sort();
+    by_offset.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn files_sharing_a_name_are_gathered_where_the_first_is_and_the_rest_keep_path_order() {
+    assert_eq!(
+        stream_order(ContentOrder::Similarity),
+        [
+            "a/copyright",
+            "b/copyright",
+            "c/copyright",
+            "c/sub/copyright",
+            "a/x.txt",
+            "b/v.aa",
+            "b/y.txt",
+            "c/z.txt",
+        ]
+    );
+}
+
+#[test]
+fn path_order_keeps_the_depth_first_walk() {
+    assert_eq!(
+        stream_order(ContentOrder::Path),
+        [
+            "a/copyright",
+            "a/x.txt",
+            "b/copyright",
+            "b/v.aa",
+            "b/y.txt",
+            "c/copyright",
+            "c/sub/copyright",
+            "c/z.txt",
+        ]
+    );
+}
+
 #[test]
 fn identical_files_are_stored_once() {
     let src = tempfile::tempdir().unwrap();

@@ -26,7 +26,8 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 /// How to order file contents in the data stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContentOrder {
-    /// Group files by extension, then name: similar files share blocks and compress better.
+    /// Path order, with the files that share a name (`copyright`, `__init__.py`) gathered
+    /// where the first of them is: alike files share blocks and compress better.
     #[default]
     Similarity,
     /// Depth-first path order, matching how a directory is usually read.
@@ -494,22 +495,40 @@ fn content_order(tree: &Tree, order: ContentOrder) -> Vec<u32> {
         }
     }
     if order == ContentOrder::Similarity {
-        let name = |i: &u32| {
-            tree.nodes[*i as usize]
-                .path
-                .file_name()
-                .map(|n| n.as_bytes())
-        };
-        let extension = |i: &u32| {
-            let n = name(i).unwrap_or_default();
-            n.iter()
-                .rposition(|&c| c == b'.')
-                .map_or(&[][..], |dot| &n[dot + 1..])
-        };
-        // Stable: files with the same extension and name keep path order.
-        files.sort_by(|a, b| (extension(a), name(a)).cmp(&(extension(b), name(b))));
+        files = gather_shared_names(tree, files);
     }
     files
+}
+
+/// Path order, except that files whose name occurs more than once (`copyright`,
+/// `__init__.py`, `Makefile`) are gathered where the first of them is, in path order
+/// among themselves. Such files are alike and compress together; everything else keeps
+/// its directory's neighbours, which are alike too and are what a reader walking the tree
+/// (or an app loading a package's modules) reads next. Measured with `fim build` against
+/// sorting every file by extension and name: python3.11 2.1 % smaller, a Debian minbase
+/// root 0.5 % smaller, and a tree read in directory order no longer jumps between blocks.
+fn gather_shared_names(tree: &Tree, files: Vec<u32>) -> Vec<u32> {
+    // Each file's next namesake in path order, and whether it is its name's first.
+    let mut next = vec![u32::MAX; files.len()];
+    let mut first = vec![true; files.len()];
+    let mut last_of_name: HashMap<&[u8], u32> = HashMap::new();
+    for (at, &file) in files.iter().enumerate() {
+        let node = &tree.nodes[file as usize];
+        let name = node.path.file_name().map_or(&[][..], |n| n.as_bytes());
+        if let Some(before) = last_of_name.insert(name, at as u32) {
+            next[before as usize] = at as u32;
+            first[at] = false;
+        }
+    }
+    let mut order = Vec::with_capacity(files.len());
+    for at in (0..files.len()).filter(|&at| first[at]) {
+        let mut member = at as u32;
+        while member != u32::MAX {
+            order.push(files[member as usize]);
+            member = next[member as usize];
+        }
+    }
+    order
 }
 
 /// Maps each dense file whose content equals an earlier file's (in stream order) to it.

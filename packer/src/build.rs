@@ -74,7 +74,7 @@ pub struct BuildArgs {
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum Order {
-    /// Group similar files (by extension) so they compress together.
+    /// Path order, with files that share a name gathered where the first is.
     Similarity,
     /// Depth-first path order.
     Path,
