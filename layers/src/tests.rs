@@ -175,20 +175,22 @@ fn warming_a_file_decompresses_its_blocks_up_to_the_limit_and_no_more() {
     assert_eq!(read_all(&stack, &big), data);
 }
 
-/// Paths in the order their contents lie in the data stream of a layer built with `order`.
+/// A tree's files in path order (depth first, names sorted), with distinct contents.
+const PATHS: [&str; 8] = [
+    "a/copyright",
+    "a/x.txt",
+    "b/copyright",
+    "b/v.aa",
+    "b/y.txt",
+    "c/copyright",
+    "c/sub/copyright",
+    "c/z.txt",
+];
+
+/// [`PATHS`] in the order their contents lie in the data stream of a layer built with `order`.
 fn stream_order(order: ContentOrder) -> Vec<&'static str> {
     let src = tempfile::tempdir().unwrap();
-    let paths = [
-        "a/copyright",
-        "a/x.txt",
-        "b/copyright",
-        "b/v.aa",
-        "b/y.txt",
-        "c/copyright",
-        "c/sub/copyright",
-        "c/z.txt",
-    ];
-    for (i, path) in paths.iter().enumerate() {
+    for (i, path) in PATHS.iter().enumerate() {
         let path = src.path().join(path);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, vec![b'a' + i as u8; 100 + i]).unwrap();
@@ -199,7 +201,7 @@ fn stream_order(order: ContentOrder) -> Vec<&'static str> {
     };
     let (out, size) = build(src.path(), &options);
     let stack = Stack::new(vec![open(&out, size)]).unwrap();
-    let mut by_offset: Vec<(u64, &str)> = paths
+    let mut by_offset: Vec<(u64, &str)> = PATHS
         .iter()
         .map(|p| (resolve(&stack, p).unwrap().inode.a, *p))
         .collect();
@@ -226,19 +228,7 @@ fn files_sharing_a_name_are_gathered_where_the_first_is_and_the_rest_keep_path_o
 
 #[test]
 fn path_order_keeps_the_depth_first_walk() {
-    assert_eq!(
-        stream_order(ContentOrder::Path),
-        [
-            "a/copyright",
-            "a/x.txt",
-            "b/copyright",
-            "b/v.aa",
-            "b/y.txt",
-            "c/copyright",
-            "c/sub/copyright",
-            "c/z.txt",
-        ]
-    );
+    assert_eq!(stream_order(ContentOrder::Path), PATHS);
 }
 
 #[test]
