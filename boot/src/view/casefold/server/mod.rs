@@ -436,10 +436,17 @@ impl Filesystem for CasefoldFs {
             Ok(fd) => fd,
             Err(e) => return reply.error(e),
         };
+        // A close of a file opened for reading has nothing to pass on to the view below
+        // (this server takes no locks: the kernel keeps them): no FLUSH trip for it.
+        let no_flush = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            FopenFlags::FOPEN_NOFLUSH
+        } else {
+            FopenFlags::empty()
+        };
         let (handle, passed) = self.hand_over(ino.0, fd, |fd| reply.open_backing(fd));
         match passed {
-            Some(id) => reply.opened_passthrough(handle, FopenFlags::empty(), &id),
-            None => reply.opened(handle, FopenFlags::FOPEN_KEEP_CACHE),
+            Some(id) => reply.opened_passthrough(handle, no_flush, &id),
+            None => reply.opened(handle, FopenFlags::FOPEN_KEEP_CACHE | no_flush),
         }
     }
 
