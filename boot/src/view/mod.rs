@@ -181,10 +181,9 @@ impl View {
                     _extraction: extraction,
                 };
                 if casefold {
-                    let below = if view.helper.is_some() {
-                        casefold::Below::FuseBackend
-                    } else {
-                        casefold::Below::KernelOverlay
+                    let below = match view.overlay {
+                        Overlay::Unionfs => casefold::Below::FlushingBackend,
+                        Overlay::Bwrap | Overlay::Overlayfs => casefold::Below::QuietClose,
                     };
                     match casefold::serve(&places.root, isolation, below) {
                         Ok(served) => view.casefold = Some(served),

@@ -501,7 +501,7 @@ impl Filesystem for CasefoldFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if self.below == Below::KernelOverlay {
+        if self.below == Below::QuietClose {
             // Nothing to pass on: the kernel stops sending flushes for this mount.
             return reply.error(Errno::ENOSYS);
         }
