@@ -106,9 +106,35 @@ pub fn wait_for(ready: impl Fn() -> bool, what: &str) {
     }
 }
 
-/// Waits for the session of `app` (its linger included) to end.
+/// Waits up to 5 s for the session of `app` (its linger included) to end; on time-out,
+/// says what the session left behind and what a debug session logged.
 pub fn wait_for_the_session_to_end(app: &App) {
-    wait_for(|| session_dirs(app).is_empty(), "the session's end");
+    let start = Instant::now();
+    while !session_dirs(app).is_empty() {
+        if start.elapsed() >= Duration::from_secs(5) {
+            let runtime = app.runtime_dir();
+            let left: Vec<String> = session_dirs(app)
+                .into_iter()
+                .map(|dir| {
+                    let inside: Vec<String> = std::fs::read_dir(runtime.join(&dir))
+                        .map(|d| {
+                            d.flatten()
+                                .map(|e| e.file_name().to_string_lossy().into_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    format!("{dir}: {inside:?}")
+                })
+                .collect();
+            let log =
+                std::fs::read_to_string(app.data_dir().join("session.log")).unwrap_or_default();
+            panic!(
+                "timed out waiting for the session's end; left in {}: {left:?}; session.log:\n{log}",
+                runtime.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The sessions' directories in the app's runtime directory (all but the lock file).
