@@ -96,12 +96,14 @@ pub fn sigkill_of_the_launcher_leaves_nothing_behind(app: &App) {
 
 /// Waits up to 5 s for `ready`.
 pub fn wait_for(ready: impl Fn() -> bool, what: &str) {
+    wait_or_say(ready, || format!("timed out waiting for {what}"));
+}
+
+/// Waits up to 5 s for `ready`; on time-out, fails with the message `why` gives then.
+fn wait_or_say(ready: impl Fn() -> bool, why: impl FnOnce() -> String) {
     let start = Instant::now();
     while !ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", why());
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -109,9 +111,9 @@ pub fn wait_for(ready: impl Fn() -> bool, what: &str) {
 /// Waits up to 5 s for the session of `app` (its linger included) to end; on time-out,
 /// says what the session left behind and what a debug session logged.
 pub fn wait_for_the_session_to_end(app: &App) {
-    let start = Instant::now();
-    while !session_dirs(app).is_empty() {
-        if start.elapsed() >= Duration::from_secs(5) {
+    wait_or_say(
+        || session_dirs(app).is_empty(),
+        || {
             let runtime = app.runtime_dir();
             let left: Vec<String> = session_dirs(app)
                 .into_iter()
@@ -128,13 +130,12 @@ pub fn wait_for_the_session_to_end(app: &App) {
                 .collect();
             let log =
                 std::fs::read_to_string(app.data_dir().join("session.log")).unwrap_or_default();
-            panic!(
+            format!(
                 "timed out waiting for the session's end; left in {}: {left:?}; session.log:\n{log}",
                 runtime.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+            )
+        },
+    );
 }
 
 /// The sessions' directories in the app's runtime directory (all but the lock file).

@@ -1,7 +1,7 @@
 //! Running commands and checking how they ended.
 
 use std::ffi::OsStr;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 
 use crate::bins::fim_path;
 
@@ -13,6 +13,17 @@ pub struct Output {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// A child process killed (and reaped) when dropped, so that a failed check leaves
+/// nothing running.
+pub struct KilledOnDrop(pub Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Exit status of every failure of `fim` and of the launcher.

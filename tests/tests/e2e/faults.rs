@@ -5,12 +5,12 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fim_tests::checks::{session_dirs, wait_for, wait_for_the_session_to_end};
 use fim_tests::fsutil::setuid_bwrap;
-use fim_tests::run::SpawnRetrying;
+use fim_tests::run::{KilledOnDrop, SpawnRetrying};
 use fim_tests::sandbox::{
     App, Who, app_with_backend as app, host_mounts_mentioning, processes_with,
 };
@@ -27,18 +27,8 @@ const ENDED: &str = "app.flatimage: the image's session ended unexpectedly: ";
 /// room for a loaded machine).
 const NOTICE: Duration = Duration::from_secs(2);
 
-/// A launcher, killed (with its app) if a failed check leaves it running.
-struct Launcher(Child);
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Two instances of `app` running `sleep MARKER`, each started and printing `up`.
-fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Launcher> {
+fn two_sleeping_instances(app: &App, marker: &str) -> Vec<KilledOnDrop> {
     (0..2)
         .map(|_| {
             let child = app
@@ -50,7 +40,7 @@ fn two_sleeping_instances(app: &App, marker: &str) -> Vec<Launcher> {
                 ])
                 .stderr(Stdio::piped())
                 .spawn_until_up();
-            Launcher(child)
+            KilledOnDrop(child)
         })
         .collect()
 }
@@ -100,7 +90,7 @@ fn sigkill(pid: u32) {
 /// with status 125 and one line starting with [`ENDED`] that mentions `cause`; returns the
 /// slowest launcher's time.
 fn each_launcher_ends_with_one_line(
-    children: Vec<Launcher>,
+    children: Vec<KilledOnDrop>,
     killed: Instant,
     cause: &str,
 ) -> Duration {
@@ -174,7 +164,7 @@ fn nothing_left(app: &App, runtime: &Path) {
 
 /// Kills the session daemon of the two instances `children`: each launcher ends with one
 /// line naming it, and the next run starts afresh. `shown` labels the timing printed.
-fn killing_the_daemon_ends_both(app: &App, marker: &str, children: Vec<Launcher>, shown: &str) {
+fn killing_the_daemon_ends_both(app: &App, marker: &str, children: Vec<KilledOnDrop>, shown: &str) {
     let daemon = daemon_of(children[0].0.id());
     sigkill(daemon);
     let killed = Instant::now();

@@ -483,7 +483,7 @@ fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
     // session's mounts that our detach does not reach (unshare makes its copy private, as
     // a host whose mounts do not propagate does). The FUSE backend serving that copy is
     // told to exit, not waited out.
-    let holder = Holder(
+    let holder = fim_tests::run::KilledOnDrop(
         Command::new("unshare")
             .args(["--mount", "sleep", "60"])
             .spawn()
@@ -507,14 +507,4 @@ fn without_user_namespaces_fusermount3_and_a_setuid_bwrap_run_the_app() {
         .env("FIM_TEST_REFUSE_USERNS", "1")
         .env("FIM_BWRAP", which("bwrap").expect("bwrap")));
     out.assert_clean_failure("app.flatimage: cannot create a user namespace (EPERM");
-}
-
-/// A process holding a mount namespace of its own, killed when dropped.
-struct Holder(std::process::Child);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
