@@ -246,9 +246,6 @@ impl<'a> Daemon<'a> {
         // No user namespace is made after this one: the layer server may use a thread to
         // decompress ahead of its readers.
         cache.allow_decompress_ahead();
-        if let Some(program) = prefetch {
-            prefetch::start(program);
-        }
         if data_lock.is_some() {
             // A commit killed half way is finished (or forgotten) before the upper
             // directory is mounted again; in the namespace, where files of subordinate
@@ -256,9 +253,17 @@ impl<'a> Daemon<'a> {
             // ephemeral view leaves it to the next normal run.)
             journal::recover(places, layers.image)?;
         }
+        // The program is read ahead once the layer server runs: a thread started before
+        // it would take the core the kernel gives the server's new threads, and the
+        // overlay's mount would wait for their first answer (measured: 1.7-3.9 ms).
+        let read_ahead = || {
+            if let Some(program) = prefetch {
+                prefetch::start(program);
+            }
+        };
         let mut view = View::mount(
             layers.image,
-            served,
+            (served, read_ahead),
             places,
             (uid, gid),
             isolation,

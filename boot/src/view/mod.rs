@@ -140,10 +140,11 @@ pub struct View {
 
 impl View {
     /// Mounts the layers and the writable view over them with `wanted` (or its fallback),
-    /// and the casefold view over that if `casefold`. On failure nothing stays mounted.
+    /// and the casefold view over that if `casefold`. `layers_served` runs once the layers
+    /// are served, before the view above them is mounted. On failure nothing stays mounted.
     pub fn mount(
         image: &Image,
-        layers: Layers,
+        (layers, layers_served): (Layers, impl FnOnce()),
         places: &Places,
         ids: (u32, u32),
         isolation: Isolation,
@@ -163,6 +164,7 @@ impl View {
                 (places.layers.clone(), Some(served), None)
             }
         };
+        layers_served();
         match overlay::mount_view(image, places, &lower, (ids, isolation), wanted, writable) {
             Ok(mounted) => {
                 let ephemeral = matches!(writable, Writable::Ephemeral(_));

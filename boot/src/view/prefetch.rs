@@ -8,7 +8,9 @@
 //! server's cache, and does the same for what an ELF program loads first: its interpreter
 //! and the libraries it needs, looked for in the usual library directories, theirs too.
 //! All of it while the daemon mounts the view and the launcher joins and starts bwrap. A
-//! wrong guess costs the thread's work and nothing else.
+//! wrong guess costs the thread's work and nothing else. The image's `/etc/passwd` and
+//! `/etc/group` come first: every launch reads them before it starts bwrap (they are
+//! merged with the user's line), and they share a block with whatever precedes them.
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -38,6 +40,8 @@ const LIBRARY_DIRS: [&str; 6] = [
     "/lib",
     "/usr/lib",
 ];
+/// What every launch reads before the program: the account files it merges.
+const ACCOUNT_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
 /// Symlinks followed at most, as the kernel's path walk allows.
 const MAX_HOPS: u32 = 40;
 /// Bytes of files read ahead at most: a large program's first pages matter most, and the
@@ -71,7 +75,7 @@ pub fn start(prefetch: Prefetch) {
                 debug::log(format!(
                     "daemon: {} decompressed ahead: {} KiB",
                     String::from_utf8_lossy(&path),
-                    bytes / 1024
+                    bytes.div_ceil(1024)
                 ));
             }
         });
@@ -80,10 +84,15 @@ pub fn start(prefetch: Prefetch) {
     }
 }
 
-/// Reads the program `command` runs, then its interpreter and the libraries it needs (and
-/// theirs), each once, until `budget` bytes were read; returns each file's path and bytes.
+/// Reads the account files, the program `command` runs, then its interpreter and the
+/// libraries it needs (and theirs), each once, until `budget` bytes were read; returns
+/// each file's path and bytes.
 fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)> {
-    let mut queue: VecDeque<(Vec<u8>, Entry)> = find(stack, command).into_iter().collect();
+    let mut queue: VecDeque<(Vec<u8>, Entry)> = ACCOUNT_FILES
+        .iter()
+        .filter_map(|path| regular_file(stack, path.as_bytes().to_vec()))
+        .chain(find(stack, command))
+        .collect();
     let mut seen = HashSet::new();
     let mut read = Vec::new();
     let mut left = budget;
@@ -101,73 +110,125 @@ fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)
             read.push((path, taken));
             break;
         }
-        let mut bytes = vec![0; entry.inode.size as usize];
-        let Ok(n) = stack.read(&entry, 0, &mut bytes) else {
+        // Into the cache only: copying a program out would cost a page fault for every
+        // 4 KiB of it, and only its headers are read.
+        if layer.warm(&entry.inode, entry.inode.size).is_err() {
             continue;
-        };
-        bytes.truncate(n);
-        left -= n as u64;
-        read.push((path, n as u64));
-        queue.extend(needed(stack, &bytes));
+        }
+        left -= entry.inode.size;
+        read.push((path, entry.inode.size));
+        queue.extend(needed(stack, &entry));
     }
     read
 }
 
-/// The interpreter and the libraries an x86_64 ELF program or library names, found in
-/// `stack`. Only its program headers and dynamic section are read (a whole `Elf::parse`,
-/// symbols and relocations included, would add 40 KB to the launcher for nothing).
-fn needed(stack: &Stack, bytes: &[u8]) -> Vec<(Vec<u8>, Entry)> {
-    use goblin::container::{Container, Ctx, Endian};
-    use goblin::elf::dynamic::Dynamic;
-    use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64};
-    use goblin::elf::program_header::{PT_INTERP, ProgramHeader};
-    use goblin::strtab::Strtab;
+/// Bytes `[at, at + len)` of `entry`, fewer at its end; `None` past it or on error.
+fn bytes_of(stack: &Stack, entry: &Entry, at: u64, len: u64) -> Option<Vec<u8>> {
+    let len = len.min(entry.inode.size.checked_sub(at)?);
+    let mut bytes = vec![0; usize::try_from(len).ok()?];
+    let n = stack.read(entry, at, &mut bytes).ok()?;
+    bytes.truncate(n);
+    Some(bytes)
+}
 
-    let Ok(header) = goblin::elf::Elf::parse_header(bytes) else {
+/// The interpreter and the libraries an x86_64 ELF program or library names, found in
+/// `stack`. Only its headers, interpreter path, dynamic section and string table are
+/// read, from the cache (a whole `Elf::parse`, symbols and relocations included, would
+/// add 40 KB to the launcher for nothing).
+fn needed(stack: &Stack, entry: &Entry) -> Vec<(Vec<u8>, Entry)> {
+    use goblin::container::{Container, Ctx, Endian};
+    use goblin::elf::dynamic::{DT_NEEDED, DT_NULL, DT_STRSZ, DT_STRTAB};
+    use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64};
+    use goblin::elf::program_header::{PT_DYNAMIC, PT_INTERP, PT_LOAD, ProgramHeader};
+
+    /// A string table or dynamic section larger than this is not a loader's.
+    const MAX_SECTION: u64 = 1 << 20;
+    let word = |b: &[u8], at: usize| -> u64 {
+        b.get(at..at + 8)
+            .and_then(|w| w.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let Some(head) = bytes_of(stack, entry, 0, 64) else {
+        return Vec::new();
+    };
+    let Ok(header) = goblin::elf::Elf::parse_header(&head) else {
         return Vec::new();
     };
     let x86_64 = header.e_ident[EI_CLASS] == ELFCLASS64
         && header.e_ident[EI_DATA] == ELFDATA2LSB
         && header.e_machine == EM_X86_64;
-    if !x86_64 {
-        return Vec::new();
-    }
-    let ctx = Ctx::new(Container::Big, Endian::Little);
-    let Ok(phdrs) = ProgramHeader::parse(
-        bytes,
-        header.e_phoff as usize,
-        usize::from(header.e_phnum),
-        ctx,
-    ) else {
+    let phnum = usize::from(header.e_phnum);
+    let Some(table) = bytes_of(stack, entry, header.e_phoff, 56 * phnum as u64).filter(|_| x86_64)
+    else {
         return Vec::new();
     };
+    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let Ok(phdrs) = ProgramHeader::parse(&table, 0, phnum, ctx) else {
+        return Vec::new();
+    };
+    let section =
+        |ph: &ProgramHeader| bytes_of(stack, entry, ph.p_offset, ph.p_filesz.min(MAX_SECTION));
     let mut found = Vec::new();
     let interpreter = phdrs
         .iter()
         .find(|ph| ph.p_type == PT_INTERP)
-        .and_then(|ph| {
-            let at = usize::try_from(ph.p_offset).ok()?;
-            let len = usize::try_from(ph.p_filesz).ok()?;
-            let path = bytes.get(at..at.checked_add(len)?)?;
-            Some(path.split(|&b| b == 0).next().unwrap_or_default().to_vec())
-        });
-    if let Some(path) = interpreter.filter(|p| !p.is_empty()) {
-        found.extend(regular_file(stack, path));
+        .and_then(section);
+    if let Some(path) = interpreter {
+        let path = path.split(|&b| b == 0).next().unwrap_or_default();
+        if !path.is_empty() {
+            found.extend(regular_file(stack, path.to_vec()));
+        }
     }
-    let Ok(Some(dynamic)) = Dynamic::parse(bytes, &phdrs, ctx) else {
+    let Some(dynamic) = phdrs
+        .iter()
+        .find(|ph| ph.p_type == PT_DYNAMIC)
+        .and_then(section)
+    else {
         return found;
     };
-    let Ok(strtab) = Strtab::parse(bytes, dynamic.info.strtab, dynamic.info.strsz, 0) else {
+    // Its entries: (tag, value) pairs of 8 bytes each, up to DT_NULL.
+    let entries: Vec<(u64, u64)> = (0..dynamic.len() / 16)
+        .map(|i| (word(&dynamic, 16 * i), word(&dynamic, 16 * i + 8)))
+        .take_while(|&(tag, _)| tag != DT_NULL)
+        .collect();
+    let value = |wanted: u64| {
+        entries
+            .iter()
+            .find(|&&(tag, _)| tag == wanted)
+            .map(|&(_, v)| v)
+    };
+    // The string table is named by its address once loaded: found in the file through
+    // the segment that loads it.
+    let strtab = value(DT_STRTAB).and_then(|address| {
+        let ph = phdrs.iter().find(|ph| {
+            ph.p_type == PT_LOAD && address >= ph.p_vaddr && address - ph.p_vaddr < ph.p_filesz
+        })?;
+        let size = value(DT_STRSZ)?.min(MAX_SECTION);
+        bytes_of(
+            stack,
+            entry,
+            ph.p_offset.checked_add(address - ph.p_vaddr)?,
+            size,
+        )
+    });
+    let Some(strtab) = strtab else {
         return found;
     };
-    for library in dynamic.get_libraries(&strtab) {
-        if library.contains('/') {
+    for &(_, at) in entries.iter().filter(|&&(tag, _)| tag == DT_NEEDED) {
+        let Some(name) = usize::try_from(at)
+            .ok()
+            .and_then(|at| strtab.get(at..))
+            .and_then(|rest| rest.split(|&b| b == 0).next())
+        else {
+            continue;
+        };
+        if name.is_empty() || name.contains(&b'/') {
             continue;
         }
         found.extend(
             LIBRARY_DIRS
                 .iter()
-                .find_map(|dir| regular_file(stack, format!("{dir}/{library}").into_bytes())),
+                .find_map(|dir| regular_file(stack, [dir.as_bytes(), b"/", name].concat())),
         );
     }
     found
@@ -355,6 +416,22 @@ mod tests {
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[2].0, "/lib/x86_64-linux-gnu/libc.so.6");
         assert!(got[2].1 <= 8192 && got[2].1 > 0, "{got:?}");
+    }
+
+    /// Every launch reads the account files before it starts bwrap: they come first,
+    /// whatever the command; a missing one is skipped.
+    #[test]
+    fn the_account_files_are_read_before_the_program() {
+        let (_file, stack) = stack_of(|root| {
+            fs::create_dir_all(root.join("etc")).unwrap();
+            fs::create_dir_all(root.join("bin")).unwrap();
+            fs::write(root.join("etc/group"), b"root:x:0:\n").unwrap();
+            fs::write(root.join("bin/app"), b"#!/bin/sh\n").unwrap();
+        });
+        assert_eq!(
+            read(&stack, "app", u64::MAX),
+            [("/etc/group".into(), 10), ("/bin/app".into(), 10)]
+        );
     }
 
     #[test]
