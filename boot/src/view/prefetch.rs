@@ -111,8 +111,9 @@ fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)
             break;
         }
         // Into the cache only: copying a program out would cost a page fault for every
-        // 4 KiB of it, and only its headers are read.
-        if layer.warm(&entry.inode, entry.inode.size).is_err() {
+        // 4 KiB of it, and only its headers are read. Every block it touches (warm counts
+        // whole blocks, and a file may start in the middle of one).
+        if layer.warm(&entry.inode, u64::MAX).is_err() {
             continue;
         }
         left -= entry.inode.size;
