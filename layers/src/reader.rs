@@ -47,8 +47,10 @@ struct Spare {
     buffers: std::sync::Mutex<Vec<Arc<[u8]>>>,
 }
 
-/// Spare buffers kept at most (beyond the cache's budget).
+/// Spare buffers kept at most, and their bytes at most (beyond the cache's budget): a
+/// few 1 MiB blocks, and none of the largest block size.
 const MAX_SPARE: usize = 4;
+const MAX_SPARE_BYTES: usize = 16 << 20;
 
 impl Spare {
     /// A buffer of exactly `size` bytes that nothing else holds; its bytes are stale.
@@ -64,6 +66,7 @@ impl Spare {
         }
         if let Ok(mut buffers) = self.buffers.lock()
             && buffers.len() < MAX_SPARE
+            && buffers.iter().map(|b| b.len()).sum::<usize>() + buffer.len() <= MAX_SPARE_BYTES
         {
             buffers.push(buffer);
         }
@@ -807,13 +810,18 @@ mod spare_tests {
     }
 
     #[test]
-    fn spare_buffers_are_bounded() {
+    fn spare_buffers_are_bounded_in_number_and_bytes() {
         let spare = Spare::default();
         for _ in 0..MAX_SPARE + 3 {
             spare.put(vec![0u8; 16].into());
         }
         let kept = std::iter::from_fn(|| spare.take(16)).count();
         assert_eq!(kept, MAX_SPARE);
+        let large = MAX_SPARE_BYTES / 2 + 1;
+        spare.put(vec![0u8; large].into());
+        spare.put(vec![0u8; large].into());
+        let kept = std::iter::from_fn(|| spare.take(large)).count();
+        assert_eq!(kept, 1, "two would pass the byte bound");
     }
 
     /// Stale bytes in a spare buffer never show: the block is decompressed over all of it.
