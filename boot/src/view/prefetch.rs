@@ -435,6 +435,111 @@ mod tests {
         );
     }
 
+    /// An x86_64 ELF header with `phnum` program headers at `phoff`, then `rest`.
+    fn elf(phoff: u64, phnum: u16, rest: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // executable
+        b[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86_64
+        b[20..24].copy_from_slice(&1u32.to_le_bytes());
+        b[32..40].copy_from_slice(&phoff.to_le_bytes());
+        b[52..54].copy_from_slice(&64u16.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&phnum.to_le_bytes());
+        b[58..60].copy_from_slice(&64u16.to_le_bytes());
+        b.extend_from_slice(rest);
+        b
+    }
+
+    /// A program header: type, file offset, address, size in the file.
+    fn phdr(kind: u32, offset: u64, address: u64, size: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 56];
+        b[..4].copy_from_slice(&kind.to_le_bytes());
+        b[8..16].copy_from_slice(&offset.to_le_bytes());
+        b[16..24].copy_from_slice(&address.to_le_bytes());
+        b[32..40].copy_from_slice(&size.to_le_bytes());
+        b[40..48].copy_from_slice(&size.to_le_bytes());
+        b
+    }
+
+    /// Headers that point past the file, sizes far beyond it, a string table no segment
+    /// maps, offsets that overflow: the program is read ahead, nothing else, no panic.
+    #[test]
+    fn a_malformed_program_brings_nothing_it_names() {
+        use goblin::elf::program_header::{PT_DYNAMIC, PT_INTERP, PT_LOAD};
+        let pairs = |list: &[(u64, u64)]| -> Vec<u8> {
+            list.iter()
+                .flat_map(|&(tag, value)| [tag.to_le_bytes(), value.to_le_bytes()].concat())
+                .collect()
+        };
+        let programs = [
+            ("headers-past-the-end", elf(1 << 40, 3, &[])),
+            (
+                "huge-sections",
+                elf(
+                    64,
+                    2,
+                    &[
+                        phdr(PT_INTERP, 64 + 112, 0, 1 << 40),
+                        phdr(PT_DYNAMIC, 64 + 112, 0, 1 << 40),
+                        pairs(&[(1, u64::MAX), (5, 0x1234_5678), (10, u64::MAX)]),
+                    ]
+                    .concat(),
+                ),
+            ),
+            (
+                "string-table-overflows",
+                elf(
+                    64,
+                    2,
+                    &[
+                        phdr(PT_DYNAMIC, 64 + 112, 0, 48),
+                        phdr(PT_LOAD, u64::MAX - 8, 0x1000, u64::MAX),
+                        pairs(&[(1, 0), (5, 0x2000), (10, 64)]),
+                    ]
+                    .concat(),
+                ),
+            ),
+        ];
+        let (_file, stack) = stack_of(|root| {
+            fs::create_dir_all(root.join("bin")).unwrap();
+            fs::create_dir_all(root.join("lib")).unwrap();
+            fs::write(root.join("lib/libc.so.6"), b"a library").unwrap();
+            for (name, bytes) in &programs {
+                fs::write(root.join("bin").join(name), bytes).unwrap();
+            }
+        });
+        for (name, bytes) in &programs {
+            assert_eq!(
+                read(&stack, name, u64::MAX),
+                [(format!("/bin/{name}"), bytes.len() as u64)],
+                "{name}"
+            );
+        }
+        // The same parts well formed: the library it names is found.
+        let good = elf(
+            64,
+            2,
+            &[
+                phdr(PT_DYNAMIC, 64 + 112, 0, 48),
+                phdr(PT_LOAD, 0, 0, 234),
+                pairs(&[(1, 0), (5, 224), (10, 10)]),
+                b"libc.so.6\0".to_vec(),
+            ]
+            .concat(),
+        );
+        let (_file, stack) = stack_of(|root| {
+            fs::create_dir_all(root.join("bin")).unwrap();
+            fs::create_dir_all(root.join("lib")).unwrap();
+            fs::write(root.join("lib/libc.so.6"), b"a library").unwrap();
+            fs::write(root.join("bin/good"), &good).unwrap();
+        });
+        assert_eq!(
+            read(&stack, "good", u64::MAX),
+            [("/bin/good".into(), 234), ("/lib/libc.so.6".into(), 9)]
+        );
+    }
+
     #[test]
     fn what_is_not_a_reachable_regular_file_is_not_found() {
         let (_file, stack) = stack_of(|root| {
