@@ -190,8 +190,8 @@ thread_local! {
 }
 
 /// Decompresses `src` into a shared buffer of exactly `size` bytes, a spare one if there
-/// is one. The buffer is
-/// what the block cache keeps: no second copy of every block on its way there.
+/// is one. The buffer is what the block cache keeps: no second copy of every block on its
+/// way there.
 fn decompress(src: &[u8], size: usize, spare: &Spare) -> Result<Arc<[u8]>> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -204,10 +204,10 @@ fn decompress(src: &[u8], size: usize, spare: &Spare) -> Result<Arc<[u8]>> {
         let dec = slot
             .as_mut()
             .ok_or_else(|| LayerError::corrupt("no decompressor"))?;
-        // SAFETY: zeroed bytes are valid `u8`s.
-        let mut out: Arc<[u8]> = spare
-            .take(size)
-            .unwrap_or_else(|| unsafe { Arc::<[u8]>::new_zeroed_slice(size).assume_init() });
+        let mut out: Arc<[u8]> = spare.take(size).unwrap_or_else(|| {
+            // SAFETY: zeroed bytes are valid `u8`s.
+            unsafe { Arc::<[u8]>::new_zeroed_slice(size).assume_init() }
+        });
         let buffer = Arc::get_mut(&mut out).ok_or_else(|| LayerError::corrupt("shared buffer"))?;
         let written = dec
             .decompress_to_buffer(src, buffer)

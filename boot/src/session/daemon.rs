@@ -263,11 +263,12 @@ impl<'a> Daemon<'a> {
         };
         let mut view = View::mount(
             layers.image,
-            (served, read_ahead),
+            served,
             places,
             (uid, gid),
             isolation,
             (wanted, casefold, &writable),
+            read_ahead,
         )?;
 
         let listener = match UnixListener::bind(&places.socket)

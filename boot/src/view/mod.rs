@@ -144,11 +144,12 @@ impl View {
     /// are served, before the view above them is mounted. On failure nothing stays mounted.
     pub fn mount(
         image: &Image,
-        (layers, layers_served): (Layers, impl FnOnce()),
+        layers: Layers,
         places: &Places,
         ids: (u32, u32),
         isolation: Isolation,
         (wanted, casefold, writable): (Overlay, bool, &Writable),
+        layers_served: impl FnOnce(),
     ) -> anyhow::Result<View> {
         if casefold && isolation == Isolation::Host {
             // fusermount3 runs as root, and root may not enter the user's FUSE mount below

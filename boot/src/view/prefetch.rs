@@ -144,11 +144,6 @@ fn needed(stack: &Stack, entry: &Entry) -> Vec<(Vec<u8>, Entry)> {
 
     /// A string table or dynamic section larger than this is not a loader's.
     const MAX_SECTION: u64 = 1 << 20;
-    let word = |b: &[u8], at: usize| -> u64 {
-        b.get(at..at + 8)
-            .and_then(|w| w.try_into().ok())
-            .map_or(0, u64::from_le_bytes)
-    };
     let Some(head) = bytes_of(stack, entry, 0, 64) else {
         return Vec::new();
     };
@@ -188,8 +183,10 @@ fn needed(stack: &Stack, entry: &Entry) -> Vec<(Vec<u8>, Entry)> {
         return found;
     };
     // Its entries: (tag, value) pairs of 8 bytes each, up to DT_NULL.
-    let entries: Vec<(u64, u64)> = (0..dynamic.len() / 16)
-        .map(|i| (word(&dynamic, 16 * i), word(&dynamic, 16 * i + 8)))
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    let entries: Vec<(u64, u64)> = dynamic
+        .chunks_exact(16)
+        .map(|pair| (word(&pair[..8]), word(&pair[8..])))
         .take_while(|&(tag, _)| tag != DT_NULL)
         .collect();
     let value = |wanted: u64| {
