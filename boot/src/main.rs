@@ -16,6 +16,7 @@
 
 mod commands;
 mod commit;
+mod cores;
 mod debug;
 mod desktop;
 mod durable;

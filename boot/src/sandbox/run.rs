@@ -276,6 +276,7 @@ pub fn run(image: Image, wanted: (Overlay, bool), launch: Launch) -> anyhow::Res
         exe.as_raw_fd(),
         status_write.as_raw_fd(),
         ignored,
+        crate::cores::original(),
         &launch.command,
     );
     let sandbox = Sandbox {

@@ -3,7 +3,8 @@
 //! process must ignore the terminal's signals (dying, it would SIGKILL the app through
 //! `--die-with-parent` before the app could handle Ctrl-C), and ignored signals are
 //! inherited; the shim gives the app back the dispositions the launcher was started with,
-//! closes the launcher's descriptors and executes the app.
+//! and the cores (a new session keeps one for its read-ahead: `cores`), closes the
+//! launcher's descriptors and executes the app.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -40,21 +41,30 @@ pub fn ignored_at_start() -> u32 {
     mask
 }
 
-/// The sandbox command that runs `command` through the shim.
-pub fn command(exe_fd: i32, status_fd: i32, ignored: u32, command: &[OsString]) -> Vec<OsString> {
+/// The sandbox command that runs `command` through the shim; `cores` is
+/// [`crate::cores::original`].
+pub fn command(
+    exe_fd: i32,
+    status_fd: i32,
+    ignored: u32,
+    cores: String,
+    command: &[OsString],
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         format!("/proc/self/fd/{exe_fd}").into(),
         SHIM_COMMAND.into(),
         ignored.to_string().into(),
         exe_fd.to_string().into(),
         status_fd.to_string().into(),
+        cores.into(),
         "--".into(),
     ];
     args.extend(command.iter().cloned());
     args
 }
 
-/// Runs as the shim: `IGNORED EXE_FD STATUS_FD -- PROGRAM ARGS...`. Returns only on failure.
+/// Runs as the shim: `IGNORED EXE_FD STATUS_FD CORES -- PROGRAM ARGS...`. Returns only on
+/// failure.
 pub fn exec(args: &[OsString]) -> ExitCode {
     let fail = |code: u8, text: String| {
         eprintln!("fim: {text}");
@@ -68,7 +78,14 @@ pub fn exec(args: &[OsString]) -> ExitCode {
     let (Some(ignored), Some(exe_fd), Some(status_fd)) = (number(0), number(1), number(2)) else {
         return fail(125, format!("{SHIM_COMMAND} is internal to the launcher"));
     };
-    if args.get(3).is_none_or(|a| a != "--") || args.len() < 5 {
+    if args.get(4).is_none_or(|a| a != "--") || args.len() < 6 {
+        return fail(125, format!("{SHIM_COMMAND} is internal to the launcher"));
+    }
+    let cores = args[3]
+        .to_str()
+        .ok_or("not UTF-8")
+        .and_then(|c| crate::cores::restore(c).map_err(|_| "not a list of cores"));
+    if cores.is_err() {
         return fail(125, format!("{SHIM_COMMAND} is internal to the launcher"));
     }
     for (bit, signal) in RELAYED.iter().enumerate() {
@@ -87,7 +104,7 @@ pub fn exec(args: &[OsString]) -> ExitCode {
         libc::fcntl(exe_fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC);
     }
 
-    let command = &args[4..];
+    let command = &args[5..];
     let Ok(argv) = command
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -108,7 +125,13 @@ mod tests {
 
     #[test]
     fn the_shim_runs_from_the_descriptor_and_separates_the_command() {
-        let args = command(9, 8, 5, &["sh".into(), "-c".into(), "--".into()]);
+        let args = command(
+            9,
+            8,
+            5,
+            "0,1".into(),
+            &["sh".into(), "-c".into(), "--".into()],
+        );
         let text: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         assert_eq!(
             text,
@@ -118,6 +141,7 @@ mod tests {
                 "5",
                 "9",
                 "8",
+                "0,1",
                 "--",
                 "sh",
                 "-c",
@@ -130,9 +154,11 @@ mod tests {
     fn malformed_shim_arguments_are_refused() {
         for bad in [
             vec![],
-            vec!["x", "1", "2", "--", "sh"],
-            vec!["0", "1", "2", "sh"],
-            vec!["0", "1", "2", "--"],
+            vec!["x", "1", "2", "-", "--", "sh"],
+            vec!["0", "1", "2", "-", "sh"],
+            vec!["0", "1", "2", "-", "--"],
+            vec!["0", "1", "2", "--", "sh"],
+            vec!["0", "1", "2", "0;1", "--", "sh"],
         ] {
             let args: Vec<OsString> = bad.iter().map(OsString::from).collect();
             assert_eq!(exec(&args), ExitCode::from(125), "{bad:?}");

@@ -35,6 +35,7 @@ use super::greeting::{Greeting, HeldProgram, LEAVING, QUIT, send};
 use super::mounted_data::MountedData;
 use super::{namespaces, network};
 use crate::commit::journal;
+use crate::cores::Split;
 use crate::debug;
 use crate::locks::DataLock;
 use crate::places::Places;
@@ -67,6 +68,9 @@ pub fn spawn(
     // Buffered output would otherwise be written twice, once by each process.
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    // While the new session reads the program ahead, the launcher and what it starts keep
+    // off the core the read-ahead takes (the shim gives the app the launcher's cores back).
+    let read_ahead = program.map(|program| (program, Split::start()));
     // SAFETY: the launcher is single-threaded here, so the child may run any code.
     match unsafe { fork() }.context("cannot fork the session daemon")? {
         ForkResult::Parent { .. } => Ok(ours),
@@ -79,7 +83,7 @@ pub fn spawn(
                 (uid, gid),
                 identity,
                 wanted,
-                program,
+                read_ahead,
                 theirs,
             );
             // Nothing of the launcher's (locks, buffers) may run its destructors here.
@@ -101,7 +105,7 @@ fn daemon_main(
     (uid, gid): (u32, u32),
     identity: &str,
     want: (Overlay, bool, Writable),
-    program: Option<&OsStr>,
+    read_ahead: Option<(&OsStr, Option<Split>)>,
     mut first: UnixStream,
 ) -> i32 {
     let _ = setsid();
@@ -112,7 +116,7 @@ fn daemon_main(
         (uid, gid),
         identity,
         want,
-        program,
+        read_ahead,
         &mut first,
     ) {
         Ok(daemon) => daemon.serve(first, identity),
@@ -178,7 +182,7 @@ impl<'a> Daemon<'a> {
         (uid, gid): (u32, u32),
         identity: &str,
         (wanted, casefold, writable): (Overlay, bool, Writable),
-        program: Option<&OsStr>,
+        read_ahead: Option<(&OsStr, Option<Split>)>,
         first: &mut UnixStream,
     ) -> anyhow::Result<Self> {
         let data_lock = match writable {
@@ -219,7 +223,8 @@ impl<'a> Daemon<'a> {
             layer_stack::open(layers.image, layers.extras, cache.clone())?
         };
         // Read ahead once the namespaces are made.
-        let prefetch = program.map(|program| prefetch::prepare(&stack, program));
+        let prefetch =
+            read_ahead.map(|(program, split)| (prefetch::prepare(&stack, program), split));
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
         let served = Layers::prepare(
             stack,
@@ -253,12 +258,12 @@ impl<'a> Daemon<'a> {
             // ephemeral view leaves it to the next normal run.)
             journal::recover(places, layers.image)?;
         }
-        // The program is read ahead once the layer server runs: a thread started before
-        // it would take the core the kernel gives the server's new threads, and the
-        // overlay's mount would wait for their first answer (measured: 1.7-3.9 ms).
+        // The program is read ahead once the layer server runs, on a core of its own
+        // (`cores`): on the core the kernel gives the server's new threads, the overlay's
+        // mount would wait for their first answer (measured: 1.7-3.9 ms).
         let read_ahead = || {
-            if let Some(program) = prefetch {
-                prefetch::start(program);
+            if let Some((program, split)) = prefetch {
+                prefetch::start(program, split);
             }
         };
         let mut view = View::mount(

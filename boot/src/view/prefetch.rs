@@ -15,10 +15,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use fim_layers::format::{S_IFLNK, S_IFREG};
 use fim_layers::{Entry, Layer, ROOT, Stack};
 
+use crate::cores::Split;
 use crate::debug;
 
 /// Where a name without a slash is looked for (the sandbox's default `PATH`).
@@ -64,23 +66,33 @@ pub fn prepare(stack: &Stack, command: &OsStr) -> Prefetch {
 
 /// Reads ahead on a thread of its own. Call it only once no user namespace will be made by
 /// this process.
-pub fn start(prefetch: Prefetch) {
+pub fn start(prefetch: Prefetch, split: Option<Split>) {
+    let split = split.map(Arc::new);
+    let theirs = split.clone();
     let spawned = std::thread::Builder::new()
         .name("prefetch".into())
         .spawn(move || {
-            let Ok(stack) = Stack::new(prefetch.layers) else {
-                return;
-            };
-            for (path, bytes) in read_ahead(&stack, &prefetch.command, MAX_BYTES) {
-                debug::log(format!(
-                    "daemon: {} decompressed ahead: {} KiB",
-                    String::from_utf8_lossy(&path),
-                    bytes.div_ceil(1024)
-                ));
+            if let Some(split) = &theirs {
+                split.enter();
+            }
+            if let Ok(stack) = Stack::new(prefetch.layers) {
+                for (path, bytes) in read_ahead(&stack, &prefetch.command, MAX_BYTES) {
+                    debug::log(format!(
+                        "daemon: {} decompressed ahead: {} KiB",
+                        String::from_utf8_lossy(&path),
+                        bytes.div_ceil(1024)
+                    ));
+                }
+            }
+            if let Some(split) = &theirs {
+                split.end();
             }
         });
     if let Err(e) = spawned {
         debug::log(format!("daemon: no thread to decompress ahead: {e}"));
+        if let Some(split) = &split {
+            split.end();
+        }
     }
 }
 

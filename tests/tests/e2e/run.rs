@@ -28,6 +28,7 @@ fim_tests::for_both!(
     debug_output_ends_with_the_app_not_with_the_lingering_session,
     help_on_the_default_shell_points_to_fim_help,
     a_new_session_decompresses_the_program_it_starts_ahead,
+    the_app_runs_on_the_cores_the_launcher_was_given,
     the_session_seals_the_system_directories_once_and_a_new_one_falls_back,
 );
 
@@ -393,6 +394,45 @@ fn a_new_session_decompresses_the_program_it_starts_ahead(who: Who) {
     let (out, text) = lines("no-such-program");
     assert_eq!(out.code(), Some(127), "{}", out.stderr);
     assert!(!text.contains("no-such-program decompressed"), "{text}");
+}
+
+/// A new session keeps one core for its read-ahead, and the launcher and bwrap off it; the
+/// app still runs on every core the launcher was started with, and on no other.
+fn the_app_runs_on_the_cores_the_launcher_was_given(who: Who) {
+    let Some(app) = App::new("cores", who) else {
+        return;
+    };
+    const SCRIPT: &str = "awk '/^Cpus_allowed_list/ { print $2 }' /proc/self/status";
+    let cores_of_a_new_session = |cmd: &mut std::process::Command| {
+        let out = fim_tests::run(cmd);
+        out.assert_ok();
+        checks::wait_for_the_session_to_end(&app);
+        out.stdout.trim().to_owned()
+    };
+    let ours = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default();
+    if !ours.contains([',', '-']) {
+        println!("skipped in part: one core ({ours}), so no session keeps one for its read-ahead");
+    }
+    let seen = cores_of_a_new_session(&mut app.command(["fim-exec", "sh", "-c", SCRIPT]));
+    assert_eq!(seen, ours);
+    if which("taskset").is_none() {
+        println!("skipped in part: taskset (util-linux) is not installed");
+        return;
+    }
+    // Started on fewer cores, the app gets those, not the machine's.
+    let first = ours.split([',', '-']).next().unwrap_or("0").to_owned();
+    let image = app.image.clone();
+    let mut on_one = app.program(
+        "taskset",
+        ["-c".as_ref(), first.as_ref(), image.as_os_str()],
+    );
+    on_one.args(["fim-exec", "sh", "-c", SCRIPT]);
+    assert_eq!(cores_of_a_new_session(&mut on_one), first);
 }
 
 fn help_on_the_default_shell_points_to_fim_help(who: Who) {

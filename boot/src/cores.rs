@@ -1,0 +1,159 @@
+//! A core of its own for the read-ahead while a session starts. The launch waits on a
+//! chain of wakeups then (the daemon's FUSE server answers the overlay's mount, the daemon
+//! tells the launcher it is ready, bwrap starts the app), and the kernel wakes a thread on
+//! the core it last ran on or its waker's. When the read-ahead decompresses there, the
+//! woken thread waits behind it until a scheduler tick moves it (traced on 2 cores: up to
+//! 3.5 ms, the other core idle). So while the read-ahead runs it keeps to one core, the
+//! last the launcher may use, and the launcher, the daemon and what they start keep to the
+//! rest. Then the daemon's threads get their cores back, and the shim gives the app the
+//! cores the launcher was started with (`ORIGINAL`). With fewer than two cores, nothing
+//! changes.
+
+use std::sync::OnceLock;
+
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
+
+use crate::debug;
+
+/// The cores the launcher was started with, once it kept one for the read-ahead.
+static ORIGINAL: OnceLock<CpuSet> = OnceLock::new();
+
+/// The shim's argument when the launcher kept its cores as they were.
+pub const UNCHANGED: &str = "-";
+
+/// The cores the process had, and the one kept for the read-ahead.
+pub struct Split {
+    all: CpuSet,
+    kept: usize,
+}
+
+impl Split {
+    /// Keeps the calling thread, and the threads and processes it starts from now on, off
+    /// the last core it may use; `None` (and nothing changed) with fewer than two.
+    pub fn start() -> Option<Split> {
+        let all = sched_getaffinity(Pid::from_raw(0)).ok()?;
+        let allowed = cpus(&all);
+        let (&kept, rest) = allowed.split_last()?;
+        if rest.is_empty() {
+            return None;
+        }
+        sched_setaffinity(Pid::from_raw(0), &set_of(rest)?).ok()?;
+        let _ = ORIGINAL.set(all);
+        Some(Split { all, kept })
+    }
+
+    /// Confines the calling thread (the read-ahead) to the kept core.
+    pub fn enter(&self) {
+        if let Some(one) = set_of(&[self.kept]) {
+            let _ = sched_setaffinity(Pid::from_raw(0), &one);
+        }
+    }
+
+    /// Gives every thread of the process the cores it had. Twice over the thread list: a
+    /// thread started while the first pass ran may have taken the narrower set.
+    pub fn end(&self) {
+        for _ in 0..2 {
+            let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+                return;
+            };
+            for task in tasks.flatten() {
+                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                    continue;
+                };
+                if let Err(e) = sched_setaffinity(Pid::from_raw(tid), &self.all) {
+                    debug::log(format!("daemon: thread {tid} keeps fewer cores: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// The shim's argument: the cores the launcher was started with (`0,1,3`), or
+/// [`UNCHANGED`] when it never kept one.
+pub fn original() -> String {
+    ORIGINAL
+        .get()
+        .map_or_else(|| UNCHANGED.to_owned(), |all| list(&cpus(all)))
+}
+
+/// Gives the calling process the cores `arg` (from [`original`]) names. Nothing is
+/// changed by [`UNCHANGED`]; `Err` names an argument that is no list of cores.
+pub fn restore(arg: &str) -> Result<(), String> {
+    if arg == UNCHANGED {
+        return Ok(());
+    }
+    let set = parse(arg)
+        .and_then(|cores| set_of(&cores))
+        .ok_or_else(|| format!("not a list of cores: {arg:?}"))?;
+    // The host may have taken cores away since (a cpuset changed): the app then keeps
+    // the narrower set rather than failing.
+    let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    Ok(())
+}
+
+fn cpus(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c) == Ok(true))
+        .collect()
+}
+
+fn set_of(cores: &[usize]) -> Option<CpuSet> {
+    let mut set = CpuSet::new();
+    for &c in cores {
+        set.set(c).ok()?;
+    }
+    Some(set)
+}
+
+fn list(cores: &[usize]) -> String {
+    cores
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `0,1,3` as cores; `None` for anything else (empty, a core past the set's size).
+fn parse(arg: &str) -> Option<Vec<usize>> {
+    let cores = arg
+        .split(',')
+        .map(|c| c.parse::<usize>().ok().filter(|&c| c < CpuSet::count()))
+        .collect::<Option<Vec<_>>>()?;
+    (!cores.is_empty()).then_some(cores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_cores_reads_back_as_written() {
+        assert_eq!(parse(&list(&[0, 1, 3])), Some(vec![0, 1, 3]));
+        assert_eq!(list(&[0, 1, 3]), "0,1,3");
+    }
+
+    #[test]
+    fn malformed_lists_of_cores_are_refused() {
+        for bad in ["", ",", "0,", "a", "-1", "0;1", "1 2", "99999999"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+            assert!(restore(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_unchanged_mark_changes_nothing() {
+        let before = sched_getaffinity(Pid::from_raw(0)).map(|s| cpus(&s));
+        assert_eq!(restore(UNCHANGED), Ok(()));
+        assert_eq!(
+            sched_getaffinity(Pid::from_raw(0)).map(|s| cpus(&s)),
+            before
+        );
+    }
+
+    #[test]
+    fn a_launcher_that_kept_no_core_passes_the_unchanged_mark() {
+        // Tests never call Split::start, so no core was kept in this process.
+        assert_eq!(original(), UNCHANGED);
+    }
+}
