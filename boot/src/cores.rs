@@ -14,8 +14,6 @@ use std::sync::OnceLock;
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 
-use crate::debug;
-
 /// The cores the launcher was started with, once it kept one for the read-ahead.
 static ORIGINAL: OnceLock<CpuSet> = OnceLock::new();
 
@@ -33,19 +31,23 @@ impl Split {
     /// the last core it may use; `None` (and nothing changed) with fewer than two.
     pub fn start() -> Option<Split> {
         let all = sched_getaffinity(Pid::from_raw(0)).ok()?;
-        let allowed = cpus(&all);
-        let (&kept, rest) = allowed.split_last()?;
-        if rest.is_empty() {
+        let kept = (0..CpuSet::count())
+            .rev()
+            .find(|&c| all.is_set(c) == Ok(true))?;
+        let mut others = all;
+        others.unset(kept).ok()?;
+        if (0..kept).all(|c| others.is_set(c) != Ok(true)) {
             return None;
         }
-        sched_setaffinity(Pid::from_raw(0), &set_of(rest)?).ok()?;
+        sched_setaffinity(Pid::from_raw(0), &others).ok()?;
         let _ = ORIGINAL.set(all);
         Some(Split { all, kept })
     }
 
     /// Confines the calling thread (the read-ahead) to the kept core.
     pub fn enter(&self) {
-        if let Some(one) = set_of(&[self.kept]) {
+        let mut one = CpuSet::new();
+        if one.set(self.kept).is_ok() {
             let _ = sched_setaffinity(Pid::from_raw(0), &one);
         }
     }
@@ -58,11 +60,8 @@ impl Split {
                 return;
             };
             for task in tasks.flatten() {
-                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-                    continue;
-                };
-                if let Err(e) = sched_setaffinity(Pid::from_raw(tid), &self.all) {
-                    debug::log(format!("daemon: thread {tid} keeps fewer cores: {e}"));
+                if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+                    let _ = sched_setaffinity(Pid::from_raw(tid), &self.all);
                 }
             }
         }
@@ -72,81 +71,71 @@ impl Split {
 /// The shim's argument: the cores the launcher was started with (`0,1,3`), or
 /// [`UNCHANGED`] when it never kept one.
 pub fn original() -> String {
-    ORIGINAL
-        .get()
-        .map_or_else(|| UNCHANGED.to_owned(), |all| list(&cpus(all)))
+    let Some(all) = ORIGINAL.get() else {
+        return UNCHANGED.to_owned();
+    };
+    let mut list = String::new();
+    for c in (0..CpuSet::count()).filter(|&c| all.is_set(c) == Ok(true)) {
+        if !list.is_empty() {
+            list.push(',');
+        }
+        list.push_str(&c.to_string());
+    }
+    list
 }
 
 /// Gives the calling process the cores `arg` (from [`original`]) names. Nothing is
-/// changed by [`UNCHANGED`]; `Err` names an argument that is no list of cores.
-pub fn restore(arg: &str) -> Result<(), String> {
+/// changed by [`UNCHANGED`]; `Err` when `arg` is no list of cores.
+pub fn restore(arg: &str) -> Result<(), ()> {
     if arg == UNCHANGED {
         return Ok(());
     }
-    let set = parse(arg)
-        .and_then(|cores| set_of(&cores))
-        .ok_or_else(|| format!("not a list of cores: {arg:?}"))?;
+    let set = parse(arg).ok_or(())?;
     // The host may have taken cores away since (a cpuset changed): the app then keeps
     // the narrower set rather than failing.
     let _ = sched_setaffinity(Pid::from_raw(0), &set);
     Ok(())
 }
 
-fn cpus(set: &CpuSet) -> Vec<usize> {
-    (0..CpuSet::count())
-        .filter(|&c| set.is_set(c) == Ok(true))
-        .collect()
-}
-
-fn set_of(cores: &[usize]) -> Option<CpuSet> {
+/// `0,1,3` as a set of cores; `None` for anything else (empty, a core past the set's size).
+fn parse(arg: &str) -> Option<CpuSet> {
     let mut set = CpuSet::new();
-    for &c in cores {
-        set.set(c).ok()?;
+    for core in arg.split(',') {
+        set.set(core.parse().ok()?).ok()?;
     }
     Some(set)
-}
-
-fn list(cores: &[usize]) -> String {
-    cores
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `0,1,3` as cores; `None` for anything else (empty, a core past the set's size).
-fn parse(arg: &str) -> Option<Vec<usize>> {
-    let cores = arg
-        .split(',')
-        .map(|c| c.parse::<usize>().ok().filter(|&c| c < CpuSet::count()))
-        .collect::<Option<Vec<_>>>()?;
-    (!cores.is_empty()).then_some(cores)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cores(set: &CpuSet) -> Vec<usize> {
+        (0..CpuSet::count())
+            .filter(|&c| set.is_set(c) == Ok(true))
+            .collect()
+    }
+
     #[test]
-    fn a_list_of_cores_reads_back_as_written() {
-        assert_eq!(parse(&list(&[0, 1, 3])), Some(vec![0, 1, 3]));
-        assert_eq!(list(&[0, 1, 3]), "0,1,3");
+    fn a_list_of_cores_reads_back_as_the_set_it_names() {
+        assert_eq!(parse("0,1,3").map(|s| cores(&s)), Some(vec![0, 1, 3]));
+        assert_eq!(parse("2").map(|s| cores(&s)), Some(vec![2]));
     }
 
     #[test]
     fn malformed_lists_of_cores_are_refused() {
         for bad in ["", ",", "0,", "a", "-1", "0;1", "1 2", "99999999"] {
-            assert_eq!(parse(bad), None, "{bad:?}");
+            assert!(parse(bad).is_none(), "{bad:?}");
             assert!(restore(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn the_unchanged_mark_changes_nothing() {
-        let before = sched_getaffinity(Pid::from_raw(0)).map(|s| cpus(&s));
+        let before = sched_getaffinity(Pid::from_raw(0)).map(|s| cores(&s));
         assert_eq!(restore(UNCHANGED), Ok(()));
         assert_eq!(
-            sched_getaffinity(Pid::from_raw(0)).map(|s| cpus(&s)),
+            sched_getaffinity(Pid::from_raw(0)).map(|s| cores(&s)),
             before
         );
     }

@@ -78,14 +78,8 @@ pub fn exec(args: &[OsString]) -> ExitCode {
     let (Some(ignored), Some(exe_fd), Some(status_fd)) = (number(0), number(1), number(2)) else {
         return fail(125, format!("{SHIM_COMMAND} is internal to the launcher"));
     };
-    if args.get(4).is_none_or(|a| a != "--") || args.len() < 6 {
-        return fail(125, format!("{SHIM_COMMAND} is internal to the launcher"));
-    }
-    let cores = args[3]
-        .to_str()
-        .ok_or("not UTF-8")
-        .and_then(|c| crate::cores::restore(c).map_err(|_| "not a list of cores"));
-    if cores.is_err() {
+    let cores = |arg: &OsString| arg.to_str().map(crate::cores::restore);
+    if args.get(4).is_none_or(|a| a != "--") || args.len() < 6 || cores(&args[3]) != Some(Ok(())) {
         return fail(125, format!("{SHIM_COMMAND} is internal to the launcher"));
     }
     for (bit, signal) in RELAYED.iter().enumerate() {
