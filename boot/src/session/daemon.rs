@@ -241,11 +241,10 @@ impl<'a> Daemon<'a> {
         // With a core of its own (`cores`) the read-ahead starts as soon as this process
         // may have threads: it takes nothing from the mounts below.
         let mut prefetch = prefetch;
-        let served_at = prefetch::Served::default();
         if prefetch.as_ref().is_some_and(|(_, split)| split.is_some())
             && let Some((program, split)) = prefetch.take()
         {
-            prefetch::start(program, split, served_at.clone());
+            prefetch::start(program, split);
         }
         let network = match isolation {
             Isolation::Namespaces => network::make()
@@ -270,11 +269,10 @@ impl<'a> Daemon<'a> {
         // Without a core of its own, the program is read ahead once the layer server runs:
         // on the core the kernel gives the server's new threads, the overlay's mount would
         // wait for their first answer (measured: 1.7-3.9 ms).
-        let read_ahead = |lower: &std::path::Path| {
+        let read_ahead = || {
             if let Some((program, split)) = prefetch {
-                prefetch::start(program, split, served_at.clone());
+                prefetch::start(program, split);
             }
-            served_at.set(lower);
         };
         let mut view = View::mount(
             layers.image,

@@ -149,7 +149,7 @@ impl View {
         ids: (u32, u32),
         isolation: Isolation,
         (wanted, casefold, writable): (Overlay, bool, &Writable),
-        layers_served: impl FnOnce(&Path),
+        layers_served: impl FnOnce(),
     ) -> anyhow::Result<View> {
         if casefold && isolation == Isolation::Host {
             // fusermount3 runs as root, and root may not enter the user's FUSE mount below
@@ -165,7 +165,7 @@ impl View {
                 (places.layers.clone(), Some(served), None)
             }
         };
-        layers_served(&lower);
+        layers_served();
         match overlay::mount_view(image, places, &lower, (ids, isolation), wanted, writable) {
             Ok(mounted) => {
                 let ephemeral = matches!(writable, Writable::Ephemeral(_));

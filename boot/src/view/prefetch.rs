@@ -14,11 +14,8 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use fim_layers::format::{S_IFLNK, S_IFREG};
 use fim_layers::{Entry, Layer, ROOT, Stack};
@@ -67,36 +64,9 @@ pub fn prepare(stack: &Stack, command: &OsStr) -> Prefetch {
     }
 }
 
-/// Where the layers are served, handed from the daemon to the read-ahead once they are.
-#[derive(Clone, Default)]
-pub struct Served(Arc<(Mutex<Option<PathBuf>>, Condvar)>);
-
-impl Served {
-    /// The layers are served at `lower`.
-    pub fn set(&self, lower: &Path) {
-        let (place, ready) = &*self.0;
-        if let Ok(mut place) = place.lock() {
-            *place = Some(lower.to_owned());
-            ready.notify_all();
-        }
-    }
-
-    /// Waits until they are (a daemon that fails first ends, and this thread with it).
-    fn wait(&self) -> Option<PathBuf> {
-        let (place, ready) = &*self.0;
-        let place = place.lock().ok()?;
-        let place = ready.wait_while(place, |p| p.is_none()).ok()?;
-        place.clone()
-    }
-}
-
 /// Reads ahead on a thread of its own. Call it only once no user namespace will be made by
 /// this process.
-///
-/// Once the layers are served at the directory `served` is given, the programs read ahead
-/// are read through it too, so that the kernel's page cache holds them: the app's first
-/// page faults then find their pages rather than ask the layer server for each 128 KiB.
-pub fn start(prefetch: Prefetch, split: Option<Split>, served: Served) {
+pub fn start(prefetch: Prefetch, split: Option<Split>) {
     let split = split.map(Arc::new);
     let theirs = split.clone();
     let spawned = std::thread::Builder::new()
@@ -106,20 +76,12 @@ pub fn start(prefetch: Prefetch, split: Option<Split>, served: Served) {
                 split.enter();
             }
             if let Ok(stack) = Stack::new(prefetch.layers) {
-                let read = read_ahead(&stack, &prefetch.command, MAX_BYTES);
-                for (path, bytes) in &read {
+                for (path, bytes) in read_ahead(&stack, &prefetch.command, MAX_BYTES) {
                     debug::log(format!(
                         "daemon: {} decompressed ahead: {} KiB",
-                        String::from_utf8_lossy(path),
+                        String::from_utf8_lossy(&path),
                         bytes.div_ceil(1024)
                     ));
-                }
-                if let Some(lower) = served.wait() {
-                    let programs = read
-                        .iter()
-                        .map(|(path, _)| path)
-                        .filter(|path| !ACCOUNT_FILES.iter().any(|a| a.as_bytes() == *path));
-                    fill_page_cache(&lower, programs);
                 }
             }
             if let Some(split) = &theirs {
@@ -131,18 +93,6 @@ pub fn start(prefetch: Prefetch, split: Option<Split>, served: Served) {
         if let Some(split) = &split {
             split.end();
         }
-    }
-}
-
-/// Reads each file through `lower`, the mounted layers, to the end.
-fn fill_page_cache<'a>(lower: &Path, paths: impl Iterator<Item = &'a Vec<u8>>) {
-    let mut buffer = vec![0; 128 << 10];
-    for path in paths {
-        let relative = path.strip_prefix(b"/").unwrap_or(path);
-        let Ok(mut file) = File::open(lower.join(OsStr::from_bytes(relative))) else {
-            continue;
-        };
-        while matches!(file.read(&mut buffer), Ok(n) if n > 0) {}
     }
 }
 
