@@ -223,7 +223,7 @@ impl<'a> Daemon<'a> {
             layer_stack::open(layers.image, layers.extras, cache.clone())?
         };
         // Read ahead once the namespaces are made.
-        let prefetch =
+        let mut prefetch =
             read_ahead.map(|(program, split)| (prefetch::prepare(&stack, program), split));
         // Without FUSE, the layers are extracted now: as the user, before the namespaces.
         let served = Layers::prepare(
@@ -240,10 +240,7 @@ impl<'a> Daemon<'a> {
         let isolation = namespaces::create(uid, gid)?;
         // With a core of its own (`cores`) the read-ahead starts as soon as this process
         // may have threads: it takes nothing from the mounts below.
-        let mut prefetch = prefetch;
-        if prefetch.as_ref().is_some_and(|(_, split)| split.is_some())
-            && let Some((program, split)) = prefetch.take()
-        {
+        if let Some((program, split)) = prefetch.take_if(|(_, split)| split.is_some()) {
             prefetch::start(program, split);
         }
         let network = match isolation {
