@@ -233,6 +233,9 @@ impl<'a> Daemon<'a> {
             (wanted, casefold),
             &mut ToLauncher(first),
         )?;
+        if let (Some((program, _)), Layers::Fuse(_)) = (&mut prefetch, &served) {
+            program.mounted_at = Some(places.layers.clone());
+        }
         let mounted_data = match writable {
             Writable::Persistent => MountedData::hold(places),
             Writable::Ephemeral(_) => None,
@@ -243,14 +246,9 @@ impl<'a> Daemon<'a> {
         if let Some((program, split)) = prefetch.take_if(|(_, split)| split.is_some()) {
             prefetch::start(program, split);
         }
+        // Made while the view is mounted; waited for before the first launcher is told.
         let network = match isolation {
-            Isolation::Namespaces => network::make()
-                .inspect_err(|e| {
-                    debug::log(format!(
-                        "daemon: no network namespace for the session ({e:#}); each launch's bwrap makes one"
-                    ));
-                })
-                .ok(),
+            Isolation::Namespaces => Some(network::make()),
             Isolation::Host => None,
         };
         // No user namespace is made after this one: the layer server may use a thread to
@@ -281,6 +279,16 @@ impl<'a> Daemon<'a> {
             read_ahead,
         )?;
 
+        let network = network.and_then(|making| {
+            making
+                .and_then(network::Making::finish)
+                .inspect_err(|e| {
+                    debug::log(format!(
+                        "daemon: no network namespace for the session ({e:#}); each launch's bwrap makes one"
+                    ));
+                })
+                .ok()
+        });
         let listener = match UnixListener::bind(&places.socket)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
         {

@@ -11,10 +11,17 @@
 //! wrong guess costs the thread's work and nothing else. The image's `/etc/passwd` and
 //! `/etc/group` come first: every launch reads them before it starts bwrap (they are
 //! merged with the user's line), and they share a block with whatever precedes them.
+//!
+//! Once the layers are served, the programs are also read through their FUSE mount, so that
+//! the kernel's page cache holds them and the app's page faults ask the layer server
+//! nothing. That is done by a child process holding no descriptor of the daemon's: a
+//! daemon thread with a file open on the daemon's own mount could not exit (closing the
+//! file waits for an answer from server threads that have already ended).
 
 use std::collections::{HashSet, VecDeque};
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fim_layers::format::{S_IFLNK, S_IFREG};
@@ -54,6 +61,8 @@ const MAX_BYTES: u64 = 32 << 20;
 pub struct Prefetch {
     layers: Vec<Layer>,
     command: OsString,
+    /// Where the layers will be served over FUSE (`None`: extracted).
+    pub mounted_at: Option<PathBuf>,
 }
 
 /// Takes what the thread needs; costs nothing else.
@@ -61,6 +70,7 @@ pub fn prepare(stack: &Stack, command: &OsStr) -> Prefetch {
     Prefetch {
         layers: stack.layers().to_vec(),
         command: command.to_owned(),
+        mounted_at: None,
     }
 }
 
@@ -75,17 +85,22 @@ pub fn start(prefetch: Prefetch, split: Option<Split>) {
             if let Some(split) = &theirs {
                 split.enter();
             }
-            if let Ok(stack) = Stack::new(prefetch.layers) {
-                for (path, bytes) in read_ahead(&stack, &prefetch.command, MAX_BYTES) {
-                    debug::log(format!(
-                        "daemon: {} decompressed ahead: {} KiB",
-                        String::from_utf8_lossy(&path),
-                        bytes.div_ceil(1024)
-                    ));
-                }
+            let read = Stack::new(prefetch.layers)
+                .map(|stack| read_ahead(&stack, &prefetch.command, MAX_BYTES))
+                .unwrap_or_default();
+            for (path, bytes) in &read {
+                debug::log(format!(
+                    "daemon: {} decompressed ahead: {} KiB",
+                    String::from_utf8_lossy(path),
+                    bytes.div_ceil(1024)
+                ));
             }
+            // The layer server answers the reads below on any core.
             if let Some(split) = &theirs {
                 split.end();
+            }
+            if let Some(lower) = prefetch.mounted_at {
+                fill_page_cache(&lower, &read);
             }
         });
     if let Err(e) = spawned {
@@ -94,6 +109,55 @@ pub fn start(prefetch: Prefetch, split: Option<Split>) {
             split.end();
         }
     }
+}
+
+/// Reads each file through `lower`, the mounted layers, as far as it was read ahead (its
+/// start, for one too large to take whole), in a child process that closes every
+/// descriptor first (the daemon's `/dev/fuse` among them); waits for it.
+/// Should the layers not be mounted yet (the thread decompressed faster than the daemon
+/// mounts, which takes a fraction of a block's time), nothing is found there to read.
+fn fill_page_cache(lower: &Path, read: &[(Vec<u8>, u64)]) {
+    // Made before the fork: the child only makes system calls.
+    let files: Vec<(CString, u64)> = read
+        .iter()
+        .filter_map(|(path, bytes)| {
+            let relative = OsStr::from_bytes(path.strip_prefix(b"/").unwrap_or(path));
+            let path = CString::new(lower.join(relative).into_os_string().into_vec()).ok()?;
+            Some((path, *bytes))
+        })
+        .collect();
+    let mut buffer = [0u8; 64 << 10];
+    // SAFETY: the child makes system calls only, on memory prepared above, and exits with
+    // the number of files it read to their end. It holds nothing of the daemon's, so
+    // whatever becomes of the daemon, its reads are answered or fail.
+    let read = unsafe {
+        match libc::fork() {
+            0 => {
+                libc::syscall(libc::SYS_close_range, 0, u32::MAX, 0);
+                let mut whole = 0;
+                for (file, bytes) in &files {
+                    let fd = libc::open(file.as_ptr(), libc::O_RDONLY);
+                    let (mut left, mut n) = (*bytes as usize, 1);
+                    while n > 0 && left > 0 {
+                        n = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len().min(left));
+                        left = left.saturating_sub(n as usize);
+                    }
+                    whole += i32::from(n >= 0);
+                }
+                libc::_exit(whole)
+            }
+            child if child > 0 => {
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+                libc::WEXITSTATUS(status)
+            }
+            _ => 0,
+        }
+    };
+    debug::log(format!(
+        "daemon: {read} of {} files read into the page cache",
+        files.len()
+    ));
 }
 
 /// Reads the account files, the program `command` runs, then its interpreter and the
