@@ -49,6 +49,7 @@ pub fn serve(
             )
         })?
     };
+    let _ = super::prefetch::LAYER_SERVER.set(session.notifier());
     run_on_thread(session, "fuse")
 }
 

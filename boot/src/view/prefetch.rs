@@ -12,17 +12,20 @@
 //! `/etc/group` come first: every launch reads them before it starts bwrap (they are
 //! merged with the user's line), and they share a block with whatever precedes them.
 //!
-//! Once the layers are served, the programs are also read through their FUSE mount, so that
-//! the kernel's page cache holds them and the app's page faults ask the layer server
-//! nothing. That is done by a child process holding no descriptor of the daemon's: a
-//! daemon thread with a file open on the daemon's own mount could not exit (closing the
-//! file waits for an answer from server threads that have already ended).
+//! Once the layers are served, the files read ahead are also put in the kernel's page
+//! cache of the layers' mount, with FUSE's store notification: the app's page faults then
+//! ask the layer server nothing. No file is opened on that mount for it (a daemon thread
+//! with a file open on the daemon's own mount could not exit: closing it waits for an
+//! answer from server threads that have already ended); a lookup makes the kernel know
+//! the inode, and the server writes the pages into it.
 
 use std::collections::{HashSet, VecDeque};
-use std::ffi::{CString, OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use fuser::{INodeNo, Notifier};
 
 use fim_layers::format::{S_IFLNK, S_IFREG};
 use fim_layers::{Entry, Layer, ROOT, Stack};
@@ -57,6 +60,9 @@ const MAX_HOPS: u32 = 40;
 /// rest of the cache is the app's.
 const MAX_BYTES: u64 = 32 << 20;
 
+/// The layer server's way to write into the kernel's caches of its mount, once it runs.
+pub static LAYER_SERVER: OnceLock<Notifier> = OnceLock::new();
+
 /// What a new session reads ahead: the layers and the command.
 pub struct Prefetch {
     layers: Vec<Layer>,
@@ -85,22 +91,26 @@ pub fn start(prefetch: Prefetch, split: Option<Split>) {
             if let Some(split) = &theirs {
                 split.enter();
             }
-            let read = Stack::new(prefetch.layers)
-                .map(|stack| read_ahead(&stack, &prefetch.command, MAX_BYTES))
-                .unwrap_or_default();
-            for (path, bytes) in &read {
+            let Ok(stack) = Stack::new(prefetch.layers) else {
+                return;
+            };
+            let read = read_ahead(&stack, &prefetch.command, MAX_BYTES);
+            for (path, _, bytes) in &read {
                 debug::log(format!(
                     "daemon: {} decompressed ahead: {} KiB",
                     String::from_utf8_lossy(path),
                     bytes.div_ceil(1024)
                 ));
             }
-            // The layer server answers the reads below on any core.
             if let Some(split) = &theirs {
                 split.end();
             }
             if let Some(lower) = prefetch.mounted_at {
-                fill_page_cache(&lower, &read);
+                let stored = store_in_page_cache(&stack, &lower, LAYER_SERVER.wait(), &read);
+                debug::log(format!(
+                    "daemon: {stored} of {} files stored in the page cache",
+                    read.len()
+                ));
             }
         });
     if let Err(e) = spawned {
@@ -111,59 +121,36 @@ pub fn start(prefetch: Prefetch, split: Option<Split>) {
     }
 }
 
-/// Reads each file through `lower`, the mounted layers, as far as it was read ahead (its
-/// start, for one too large to take whole), in a child process that closes every
-/// descriptor first (the daemon's `/dev/fuse` among them); waits for it.
-/// Should the layers not be mounted yet (the thread decompressed faster than the daemon
-/// mounts, which takes a fraction of a block's time), nothing is found there to read.
-fn fill_page_cache(lower: &Path, read: &[(Vec<u8>, u64)]) {
-    // Made before the fork: the child only makes system calls.
-    let files: Vec<(CString, u64)> = read
-        .iter()
-        .filter_map(|(path, bytes)| {
-            let relative = OsStr::from_bytes(path.strip_prefix(b"/").unwrap_or(path));
-            let path = CString::new(lower.join(relative).into_os_string().into_vec()).ok()?;
-            Some((path, *bytes))
-        })
-        .collect();
-    let mut buffer = [0u8; 64 << 10];
-    // SAFETY: the child makes system calls only, on memory prepared above, and exits with
-    // the number of files it read to their end. It holds nothing of the daemon's, so
-    // whatever becomes of the daemon, its reads are answered or fail.
-    let read = unsafe {
-        match libc::fork() {
-            0 => {
-                libc::syscall(libc::SYS_close_range, 0, u32::MAX, 0);
-                let mut whole = 0;
-                for (file, bytes) in &files {
-                    let fd = libc::open(file.as_ptr(), libc::O_RDONLY);
-                    let (mut left, mut n) = (*bytes as usize, 1);
-                    while n > 0 && left > 0 {
-                        n = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len().min(left));
-                        left = left.saturating_sub(n as usize);
-                    }
-                    whole += i32::from(n >= 0);
-                }
-                libc::_exit(whole)
-            }
-            child if child > 0 => {
-                let mut status = 0;
-                libc::waitpid(child, &mut status, 0);
-                libc::WEXITSTATUS(status)
-            }
-            _ => 0,
+/// Writes the files `read` ahead, as far as they were, into the kernel's page cache of the
+/// layers' mount at `lower`; returns how many were stored whole.
+fn store_in_page_cache(
+    stack: &Stack,
+    lower: &Path,
+    server: &Notifier,
+    read: &[(Vec<u8>, Entry, u64)],
+) -> usize {
+    let mut buffer = vec![0; 256 << 10];
+    let mut store = |path: &[u8], entry: &Entry, bytes: u64| {
+        // The kernel stores pages only into an inode it knows: a lookup makes it.
+        let relative = OsStr::from_bytes(path.strip_prefix(b"/").unwrap_or(path));
+        std::fs::metadata(lower.join(relative)).ok()?;
+        let mut at = 0;
+        while at < bytes.min(entry.inode.size) {
+            let n = stack.read(entry, at, &mut buffer).ok().filter(|&n| n > 0)?;
+            server.store(INodeNo(entry.id), at, &buffer[..n]).ok()?;
+            at += n as u64;
         }
+        Some(())
     };
-    debug::log(format!(
-        "daemon: {read} of {} files read into the page cache",
-        files.len()
-    ));
+    read.iter()
+        .filter(|(path, entry, bytes)| store(path, entry, *bytes).is_some())
+        .count()
 }
 
 /// Reads the account files, the program `command` runs, then its interpreter and the
 /// libraries it needs (and theirs), each once, until `budget` bytes were read; returns
-/// each file's path and bytes.
-fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)> {
+/// each file's path, entry and bytes.
+fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, Entry, u64)> {
     let mut queue: VecDeque<(Vec<u8>, Entry)> = ACCOUNT_FILES
         .iter()
         .filter_map(|path| regular_file(stack, path.as_bytes().to_vec()))
@@ -183,7 +170,7 @@ fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)
         if entry.inode.size > left {
             // Too large to read whole: its first blocks, and nothing it needs.
             let taken = layer.warm(&entry.inode, left).unwrap_or(0);
-            read.push((path, taken));
+            read.push((path, entry, taken));
             break;
         }
         // Into the cache only: copying a program out would cost a page fault for every
@@ -193,7 +180,7 @@ fn read_ahead(stack: &Stack, command: &OsStr, budget: u64) -> Vec<(Vec<u8>, u64)
             continue;
         }
         left -= entry.inode.size;
-        read.push((path, entry.inode.size));
+        read.push((path, entry, entry.inode.size));
         queue.extend(needed(stack, &entry));
     }
     read
@@ -412,7 +399,7 @@ mod tests {
     fn read(stack: &Stack, command: &str, budget: u64) -> Vec<(String, u64)> {
         read_ahead(stack, OsStr::new(command), budget)
             .into_iter()
-            .map(|(path, bytes)| (String::from_utf8(path).unwrap(), bytes))
+            .map(|(path, _, bytes)| (String::from_utf8(path).unwrap(), bytes))
             .collect()
     }
 

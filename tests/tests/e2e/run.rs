@@ -393,7 +393,7 @@ fn a_new_session_decompresses_the_program_it_starts_ahead(who: Who) {
     assert!(ahead.iter().all(|l| !l.ends_with(": 0 KiB")), "{ahead:?}");
     // Read through the layers' mount too, so the app's page faults find them cached.
     assert!(
-        text.contains("daemon: 3 of 3 files read into the page cache"),
+        text.contains("daemon: 3 of 3 files stored in the page cache"),
         "{text}"
     );
     let (out, text) = lines("no-such-program");
