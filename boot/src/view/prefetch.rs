@@ -92,6 +92,9 @@ pub fn start(prefetch: Prefetch, split: Option<Split>) {
                 split.enter();
             }
             let Ok(stack) = Stack::new(prefetch.layers) else {
+                if let Some(split) = &theirs {
+                    split.end();
+                }
                 return;
             };
             let read = read_ahead(&stack, &prefetch.command, MAX_BYTES);

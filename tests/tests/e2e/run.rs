@@ -391,7 +391,7 @@ fn a_new_session_decompresses_the_program_it_starts_ahead(who: Who) {
     assert!(ahead[1].starts_with("/etc/group "), "{ahead:?}");
     assert!(ahead[2].starts_with("/bin/true "), "{ahead:?}");
     assert!(ahead.iter().all(|l| !l.ends_with(": 0 KiB")), "{ahead:?}");
-    // Read through the layers' mount too, so the app's page faults find them cached.
+    // Stored in the page cache of the layers' mount too: the app's page faults find them.
     assert!(
         text.contains("daemon: 3 of 3 files stored in the page cache"),
         "{text}"
