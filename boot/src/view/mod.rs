@@ -252,8 +252,14 @@ impl View {
             let _ = unmounter.unmount();
         }
         match self.isolation {
+            // Everything stacked on the root: the casefold view too, should its unmount
+            // have found it busy (a sandbox still exiting), and the view below it.
             Isolation::Namespaces => {
-                let _ = umount2(&self.root, MntFlags::MNT_DETACH);
+                for _ in 0..3 {
+                    if umount2(&self.root, MntFlags::MNT_DETACH).is_err() {
+                        break;
+                    }
+                }
             }
             Isolation::Host => fusermount_detach(&self.root),
         }

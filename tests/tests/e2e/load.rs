@@ -20,6 +20,7 @@ fim_tests::per_backend!(
     fifty_instances_at_once_share_one_view,
     many_sequential_launches_leave_nothing_behind,
     many_sessions_one_after_the_other_leave_nothing_behind,
+    casefold_sessions_that_read_through_the_view_end_cleanly,
 );
 
 fn fifty_instances_at_once_share_one_view(backend: &'static str, who: Who) {
@@ -253,6 +254,40 @@ fn many_sessions_one_after_the_other_leave_nothing_behind(backend: &'static str,
         "the launcher's peak memory grew from {tenth} KiB to {last} KiB"
     );
     assert!(host_mounts_mentioning(&runtime).is_empty());
+    assert!(host_mounts_mentioning(app.dir.path()).is_empty());
+    wait_for(
+        || processes_with(&dir).is_empty(),
+        "the sessions' processes",
+    );
+}
+
+/// The casefold view's server opens the app's files on the overlay, which stands on the
+/// daemon's own layer mount: a daemon holding files open on its own FUSE mount at exit
+/// would wait for an answer from server threads already gone. Ephemeral sessions, each
+/// reading files through the view by other cases of their names, must all end.
+fn casefold_sessions_that_read_through_the_view_end_cleanly(backend: &'static str, who: Who) {
+    let Some(app) = app("casefold_sessions", who, backend) else {
+        return;
+    };
+    let app = app
+        .with_env("FIM_EPHEMERAL", "1")
+        .with_env("FIM_CASEFOLD", "1");
+    let dir = app.dir.path().to_string_lossy().into_owned();
+    for _ in 0..20 {
+        let out = fim_tests::run(&mut app.command([
+            "fim-exec",
+            "sh",
+            "-c",
+            "cat /ETC/PASSWD /Bin/BusyBox >/dev/null && echo read",
+        ]));
+        out.assert_ok();
+        assert_eq!(out.stdout, "read\n");
+        wait_for(
+            || session_dirs(&app).is_empty(),
+            "the casefold session to end",
+        );
+    }
+    assert!(host_mounts_mentioning(&app.runtime_dir()).is_empty());
     assert!(host_mounts_mentioning(app.dir.path()).is_empty());
     wait_for(
         || processes_with(&dir).is_empty(),
