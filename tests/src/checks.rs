@@ -128,23 +128,73 @@ pub fn wait_for_the_session_to_end(app: &App) {
                     format!("{dir}: {inside:?}")
                 })
                 .collect();
-            let log =
-                std::fs::read_to_string(app.data_dir().join("session.log")).unwrap_or_default();
+            let log = [
+                app.data_dir().join("session.log"),
+                runtime.join("ephemeral-session.log"),
+            ]
+            .iter()
+            .filter_map(|log| std::fs::read_to_string(log).ok())
+            .collect::<String>();
+            let processes = processes_with(&app.dir.path().to_string_lossy())
+                .into_iter()
+                .map(what_a_process_waits_on)
+                .collect::<Vec<_>>()
+                .join("\n");
+            let mounts = host_mounts_mentioning(&runtime).join("\n");
             format!(
-                "timed out waiting for the session's end; left in {}: {left:?}; session.log:\n{log}",
+                "timed out waiting for the session's end; left in {}: {left:?}\n\
+                 processes:\n{processes}\nmounts:\n{mounts}\nsession.log:\n{log}",
                 runtime.display()
             )
         },
     );
 }
 
-/// The sessions' directories in the app's runtime directory (all but the lock file).
+/// A process's command line, then each of its threads' name, state and kernel wait
+/// channel: what a time-out report needs to say where a session is stuck.
+fn what_a_process_waits_on(pid: u32) -> String {
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let cmdline = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+    let mut lines = vec![format!("{pid}: {}", cmdline.trim_end())];
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for task in tasks {
+        let task = task.to_string_lossy();
+        let base = format!("/proc/{pid}/task/{task}");
+        let status = read(format!("{base}/status"));
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or("?")
+                .to_string()
+        };
+        let stack = read(format!("{base}/stack"))
+            .lines()
+            .take(6)
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+            .join(" < ");
+        lines.push(format!(
+            "  {task} {} {} wchan={} {stack}",
+            field("Name:"),
+            field("State:"),
+            read(format!("{base}/wchan")),
+        ));
+    }
+    lines.join("\n")
+}
+
+/// The sessions' directories in the app's runtime directory (all but the lock file and
+/// the debug log of ephemeral sessions).
 pub fn session_dirs(app: &App) -> Vec<String> {
     std::fs::read_dir(app.runtime_dir())
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock")
+                .filter(|n| n != "lock" && n != "ephemeral-session.log")
                 .collect()
         })
         .unwrap_or_default()

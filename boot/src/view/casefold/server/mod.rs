@@ -31,7 +31,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -81,6 +81,11 @@ pub struct CasefoldFs {
     no_opendir: bool,
     /// File contents passed through to the files below, where the kernel allows it.
     backing: Backing,
+    /// The descriptors of open files, by handle (the descriptor's number). Closed at
+    /// `release`, or with the server when the kernel never sent it: a view taken down
+    /// while files were open (its releases still queued) would otherwise leave them open,
+    /// and they hold the view below, whose backend then cannot end.
+    open_files: Mutex<HashMap<u64, OwnedFd>>,
     /// Entries the kernel must drop, sent to the thread that tells it.
     stale: Mutex<Sender<(u64, Vec<u8>)>>,
     /// Who the server is: an object made for another caller is given to the caller.
@@ -120,6 +125,7 @@ impl CasefoldFs {
             next_dir: AtomicU64::new(1),
             no_opendir: false,
             backing: Backing::default(),
+            open_files: Mutex::new(HashMap::new()),
             stale: Mutex::new(stale),
             own: (
                 nix::unistd::geteuid().as_raw(),
@@ -131,6 +137,14 @@ impl CasefoldFs {
             below,
             ahead: WalkAhead::start(walk_ahead_budget),
         })
+    }
+
+    /// The table of open files; one poisoned by a panic elsewhere is still whole (each
+    /// change is one call).
+    fn open_files(&self) -> MutexGuard<'_, HashMap<u64, OwnedFd>> {
+        self.open_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>> {
@@ -146,16 +160,17 @@ impl CasefoldFs {
         fd: OwnedFd,
         register: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> (FileHandle, Option<Arc<fuser::BackingId>>) {
-        let passed = self
-            .backing
-            .attach(ino, fd.as_raw_fd() as u64, || register(&fd));
-        (FileHandle(fd_handle(fd)), passed)
+        let handle = fd.as_raw_fd() as u64;
+        let passed = self.backing.attach(ino, handle, || register(&fd));
+        self.open_files().insert(handle, fd);
+        (FileHandle(handle), passed)
     }
 }
 
 /// An open file, by its handle (the raw descriptor), without taking ownership.
 fn open_file(fh: FileHandle) -> ManuallyDrop<File> {
-    // SAFETY: the handle is a descriptor this server opened and keeps open until release.
+    // SAFETY: the handle is a descriptor this server opened and keeps in `open_files`
+    // until release.
     ManuallyDrop::new(unsafe { File::from_raw_fd(sys::raw(fh.0)) })
 }
 
@@ -525,8 +540,9 @@ impl Filesystem for CasefoldFs {
     ) {
         // Before the descriptor closes: its number may be reused by the next open.
         self.backing.detach(ino.0, fh.0);
-        // SAFETY: the handle is a descriptor opened by `open`/`create`, released once.
-        drop(unsafe { OwnedFd::from_raw_fd(sys::raw(fh.0)) });
+        // Closed once the table is free again: a close may wait on the view below.
+        let closed = self.open_files().remove(&fh.0);
+        drop(closed);
         reply.ok();
     }
 
@@ -869,11 +885,6 @@ impl Filesystem for CasefoldFs {
             Err(e) => reply.error(e),
         }
     }
-}
-
-/// A descriptor handed to the kernel as a file handle, owned by it until `release`.
-fn fd_handle(fd: OwnedFd) -> u64 {
-    std::os::fd::IntoRawFd::into_raw_fd(fd) as u64
 }
 
 fn xattr_answer(reply: ReplyXattr, size: u32, result: Result<(libc::c_long, Vec<u8>)>) {
