@@ -17,6 +17,7 @@ use fim_tests::sandbox::{
 use fim_tests::{skip, which};
 
 fim_tests::per_backend!(a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh);
+fim_tests::per_backend!(a_killed_daemon_serving_the_casefold_view_ends_every_app_too);
 fim_tests::per_backend_fuse!(a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh);
 
 /// The one line every launcher of a session that died under it prints (after the image's
@@ -29,6 +30,12 @@ const NOTICE: Duration = Duration::from_secs(2);
 
 /// Two instances of `app` running `sleep MARKER`, each started and printing `up`.
 fn two_sleeping_instances(app: &App, marker: &str) -> Vec<KilledOnDrop> {
+    two_sleeping_instances_holding(app, marker, "")
+}
+
+/// As [`two_sleeping_instances`], each `sleep` started with the shell redirection
+/// `holding` (a file it keeps open while it sleeps).
+fn two_sleeping_instances_holding(app: &App, marker: &str, holding: &str) -> Vec<KilledOnDrop> {
     (0..2)
         .map(|_| {
             let child = app
@@ -36,7 +43,7 @@ fn two_sleeping_instances(app: &App, marker: &str) -> Vec<KilledOnDrop> {
                     "fim-exec",
                     "sh",
                     "-c",
-                    &format!("echo up; exec sleep {marker}"),
+                    &format!("echo up; exec sleep {marker} {holding}"),
                 ])
                 .stderr(Stdio::piped())
                 .spawn_until_up();
@@ -182,6 +189,37 @@ fn a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh(backend: &'stat
     let children = two_sleeping_instances(&app, &marker);
     wait_for(|| apps(&marker).len() == 2, "the apps");
     killing_the_daemon_ends_both(&app, &marker, children, &format!("{backend} {who:?}"));
+}
+
+/// The daemon killed while its casefold view has files open for the apps (each `sleep`
+/// holds a file opened by another case of its name, and its program): the view's server,
+/// the layer server under the overlay and the daemon die together, and nothing of the
+/// session may wait on another part of it that is gone.
+fn a_killed_daemon_serving_the_casefold_view_ends_every_app_too(backend: &'static str, who: Who) {
+    let Some(app) = app("killed_casefold_daemon", who, backend) else {
+        return;
+    };
+    let app = app.with_env("FIM_CASEFOLD", "1");
+    let marker = marker(&app, 3);
+    let children = two_sleeping_instances_holding(&app, &marker, "</DATA/Keep.TXT");
+    wait_for(|| apps(&marker).len() == 2, "the apps");
+    for pid in apps(&marker) {
+        let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("the app's stdin");
+        assert!(
+            stdin
+                .to_string_lossy()
+                .to_lowercase()
+                .ends_with("/data/keep.txt"),
+            "the app should hold /data/keep.txt open; its stdin is {}",
+            stdin.display()
+        );
+    }
+    killing_the_daemon_ends_both(
+        &app,
+        &marker,
+        children,
+        &format!("casefold {backend} {who:?}"),
+    );
 }
 
 fn a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh(
