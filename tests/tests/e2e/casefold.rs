@@ -258,6 +258,9 @@ cp /bin/busybox /data/Bin/busybox
 /data/BIN/busybox echo ran
 dd if=/dev/urandom of=/data/Big.bin bs=1M count=8 2>/dev/null
 md5sum </data/BIG.BIN
+sync /DATA/BIG.BIN
+sync -d /data/big.bin
+echo synced
 "#;
 
 fim_tests::per_backend!(file_contents_pass_through_for_the_hosts_root_and_are_served_otherwise);
@@ -280,6 +283,8 @@ fn file_contents_pass_through_for_the_hosts_root_and_are_served_otherwise(
     );
     assert_eq!(lines[5..7], ["0", "ran"], "{backend}: {}", out.stderr);
     let sum = lines.get(7).copied().unwrap_or_default();
+    // Synced through an open for reading (passed through by path where contents are).
+    assert_eq!(lines.get(8), Some(&"synced"), "{backend}: {}", out.stderr);
     // Passed through only where the kernel lets the server register backing files: the
     // host's root (the tests' invoker when they run as root). Said while the daemon
     // still writes to the launcher's error output.

@@ -194,7 +194,8 @@ fn a_killed_daemon_ends_every_app_and_the_next_run_starts_afresh(backend: &'stat
 /// The daemon killed while its casefold view has files open for the apps (each `sleep`
 /// holds a file opened by another case of its name, and its program): the view's server,
 /// the layer server under the overlay and the daemon die together, and nothing of the
-/// session may wait on another part of it that is gone.
+/// session may wait on another part of it that is gone. Before the kill: what the daemon
+/// holds of that file.
 fn a_killed_daemon_serving_the_casefold_view_ends_every_app_too(backend: &'static str, who: Who) {
     let Some(app) = app("killed_casefold_daemon", who, backend) else {
         return;
@@ -214,12 +215,59 @@ fn a_killed_daemon_serving_the_casefold_view_ends_every_app_too(backend: &'stati
             stdin.display()
         );
     }
+    the_daemon_opens_the_held_file_only_without_passthrough(&app, &children, who);
     killing_the_daemon_ends_both(
         &app,
         &marker,
         children,
         &format!("casefold {backend} {who:?}"),
     );
+}
+
+/// What the daemon holds of the file both apps read through the casefold view. Where
+/// contents pass through (the host's root), the kernel opens the file below for each app
+/// from the path of the view's `O_PATH` descriptor: the daemon has no descriptor of it open
+/// for reading, so nothing in the view below (a FUSE backend's open) is done twice.
+/// Otherwise the server reads for the apps, through a descriptor for each of their opens.
+fn the_daemon_opens_the_held_file_only_without_passthrough(
+    app: &App,
+    children: &[KilledOnDrop],
+    who: Who,
+) {
+    let daemon = daemon_of(children[0].0.id());
+    let opened_for_reading: Vec<String> = std::fs::read_dir(format!("/proc/{daemon}/fd"))
+        .expect("list the daemon's descriptors")
+        .filter_map(|fd| {
+            let fd = fd.ok()?.path();
+            let target = std::fs::read_link(&fd).ok()?;
+            let target = target.to_string_lossy().to_lowercase();
+            let info =
+                std::fs::read_to_string(fd.to_string_lossy().replacen("/fd/", "/fdinfo/", 1))
+                    .ok()?;
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())?;
+            (target.ends_with("/data/keep.txt") && flags & libc::O_PATH == 0)
+                .then(|| format!("{} (flags {flags:o})", fd.display()))
+        })
+        .collect();
+    // SAFETY: geteuid cannot fail.
+    let passed_through = who == Who::Invoker && unsafe { libc::geteuid() } == 0;
+    if passed_through {
+        assert!(
+            opened_for_reading.is_empty(),
+            "{:?} {who:?}: the daemon opened the file below itself: {opened_for_reading:?}",
+            app.overlay
+        );
+    } else {
+        assert_eq!(
+            opened_for_reading.len(),
+            2,
+            "{:?} {who:?}: one descriptor for each app's open: {opened_for_reading:?}",
+            app.overlay
+        );
+    }
 }
 
 fn a_killed_fuse_backend_ends_every_app_and_the_next_run_starts_afresh(

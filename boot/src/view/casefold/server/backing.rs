@@ -10,6 +10,13 @@
 //! So a backing id is shared by every open of a node, each open handle holds it until its
 //! release, and passthrough is turned off for the whole mount only when the very first
 //! registration is refused, before any node depends on it.
+//!
+//! The kernel opens a backing file of its own for every open it passes through (from the
+//! registered file's path, with the open's flags), so the registered descriptor only names
+//! the file. Where the kernel takes the node's `O_PATH` descriptor for it, a read-only open
+//! registers that one and opens nothing below: no second open through the view below (a
+//! trip to a FUSE backend and its release). A kernel that refuses it is asked no more, and
+//! opens register a descriptor opened for them, as before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +33,8 @@ pub struct Backing {
     enabled: AtomicBool,
     /// Whether any registration succeeded (then a refusal is not a refusal of the mount).
     proven: AtomicBool,
+    /// Whether the kernel refused a node's `O_PATH` descriptor as a backing file.
+    path_refused: AtomicBool,
     ids: Mutex<Ids>,
 }
 
@@ -42,14 +51,20 @@ impl Backing {
     }
 
     /// The backing id for the open `handle` of node `ino`: the node's current one, or a
-    /// new one from `register`. `None` when contents go through the server.
+    /// new one from `register`. `None` when contents go through the server. With
+    /// `by_path`, `register` offers the node's `O_PATH` descriptor, and `None` also means
+    /// the kernel refused that (it is then not asked again): the caller registers an open
+    /// descriptor instead.
     pub fn attach(
         &self,
         ino: u64,
         handle: u64,
+        by_path: bool,
         register: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        if !self.enabled.load(Ordering::Relaxed) {
+        if !self.enabled.load(Ordering::Relaxed)
+            || (by_path && self.path_refused.load(Ordering::Relaxed))
+        {
             return None;
         }
         let mut ids = self.ids.lock().ok()?;
@@ -63,12 +78,14 @@ impl Backing {
                     id
                 }
                 Err(e) => {
-                    if !self.proven.load(Ordering::Relaxed) {
+                    if by_path {
+                        self.path_refused.store(true, Ordering::Relaxed);
+                    } else if !self.proven.load(Ordering::Relaxed) {
                         self.enabled.store(false, Ordering::Relaxed);
-                        debug::log(format!(
-                            "casefold: file contents go through the server (passthrough refused: {e})"
-                        ));
                     }
+                    debug::log(format!(
+                        "casefold: backing file refused (by path: {by_path}): {e}"
+                    ));
                     return None;
                 }
             },

@@ -62,6 +62,9 @@ const TTL: Duration = Duration::from_secs(3600);
 const NO_TTL: Duration = Duration::ZERO;
 /// Listings kept at most; beyond it the cache starts over.
 const MAX_LISTINGS: usize = 4096;
+/// Marks the handle of an open that has no descriptor of its own (a read-only open passed
+/// through by its node's `O_PATH` descriptor); other handles are descriptors' numbers.
+const BY_PATH: u64 = 1 << 62;
 
 /// A directory's listing, shared by the calls that read it.
 type Listing = Arc<DirListing>;
@@ -75,6 +78,7 @@ pub struct CasefoldFs {
     /// dropped at their end or release).
     listings: Mutex<HashMap<(u64, u64), Listing>>,
     next_dir: AtomicU64,
+    next_by_path: AtomicU64,
     /// Whether the kernel takes `ENOSYS` from `opendir` to mean "stop sending it" (it then
     /// opens directories itself, listings cached, and sends no `releasedir`): two round
     /// trips saved per directory listed.
@@ -123,6 +127,7 @@ impl CasefoldFs {
             names: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
+            next_by_path: AtomicU64::new(BY_PATH),
             no_opendir: false,
             backing: Backing::default(),
             open_files: Mutex::new(HashMap::new()),
@@ -161,17 +166,38 @@ impl CasefoldFs {
         register: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> (FileHandle, Option<Arc<fuser::BackingId>>) {
         let handle = fd.as_raw_fd() as u64;
-        let passed = self.backing.attach(ino, handle, || register(&fd));
+        let passed = self.backing.attach(ino, handle, false, || register(&fd));
         self.open_files().insert(handle, fd);
         (FileHandle(handle), passed)
     }
+
+    /// The descriptor of the open `fh` of node `ino`, and what keeps it open for the call:
+    /// its own, or for an open passed through by its node's path, one opened for the call
+    /// (the kernel sends such an open nearly nothing: no reads, writes or flushes).
+    fn opened(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+    ) -> Result<(ManuallyDrop<File>, Option<OwnedFd>)> {
+        let for_the_call = match fh.0 & BY_PATH {
+            0 => None,
+            _ => Some(sys::reopen(&self.node(ino)?.fd, libc::O_RDONLY)?),
+        };
+        let fd = for_the_call
+            .as_ref()
+            .map_or(sys::raw(fh.0), |fd| fd.as_raw_fd());
+        // SAFETY: a descriptor this server keeps in `open_files` until release, or the
+        // one opened for the call, returned beside it.
+        Ok((
+            ManuallyDrop::new(unsafe { File::from_raw_fd(fd) }),
+            for_the_call,
+        ))
+    }
 }
 
-/// An open file, by its handle (the raw descriptor), without taking ownership.
-fn open_file(fh: FileHandle) -> ManuallyDrop<File> {
-    // SAFETY: the handle is a descriptor this server opened and keeps in `open_files`
-    // until release.
-    ManuallyDrop::new(unsafe { File::from_raw_fd(sys::raw(fh.0)) })
+/// The handle of an open that has a descriptor of its own.
+fn own(fh: Option<FileHandle>) -> Option<FileHandle> {
+    fh.filter(|fh| fh.0 & BY_PATH == 0)
 }
 
 fn answer(reply: ReplyEmpty, result: Result<()>) {
@@ -243,8 +269,10 @@ impl Filesystem for CasefoldFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let result = match fh {
-            Some(fh) => sys::stat_fd(&*open_file(fh)),
+        let result = match own(fh) {
+            Some(fh) => self
+                .opened(ino, fh)
+                .and_then(|(f, _keep)| sys::stat_fd(&*f)),
             None => self.node(ino).and_then(|n| sys::stat_fd(&n.fd)),
         };
         match result {
@@ -271,6 +299,7 @@ impl Filesystem for CasefoldFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let fh = own(fh);
         let result = (|| {
             let node = self.node(ino)?;
             let path = sys::proc_path(&node.fd);
@@ -447,7 +476,26 @@ impl Filesystem for CasefoldFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0 & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL);
-        let fd = match self.node(ino).and_then(|n| sys::reopen(&n.fd, flags)) {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        // Read-only (nothing to truncate): the kernel opens the file below itself, from
+        // the path of the node's descriptor, when it takes that as the backing file.
+        if flags & (libc::O_ACCMODE | libc::O_TRUNC) == libc::O_RDONLY {
+            let handle = self.next_by_path.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = self
+                .backing
+                .attach(ino.0, handle, true, || reply.open_backing(&node.fd))
+            {
+                return reply.opened_passthrough(
+                    FileHandle(handle),
+                    FopenFlags::FOPEN_NOFLUSH,
+                    &id,
+                );
+            }
+        }
+        let fd = match sys::reopen(&node.fd, flags) {
             Ok(fd) => fd,
             Err(e) => return reply.error(e),
         };
@@ -468,7 +516,7 @@ impl Filesystem for CasefoldFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -476,7 +524,10 @@ impl Filesystem for CasefoldFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let file = open_file(fh);
+        let (file, _for_the_call) = match self.opened(ino, fh) {
+            Ok(opened) => opened,
+            Err(e) => return reply.error(e),
+        };
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -493,7 +544,7 @@ impl Filesystem for CasefoldFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -502,9 +553,12 @@ impl Filesystem for CasefoldFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match open_file(fh).write_all_at(data, offset) {
+        match self
+            .opened(ino, fh)
+            .and_then(|(f, _keep)| f.write_all_at(data, offset).map_err(io_errno))
+        {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(io_errno(e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -519,6 +573,10 @@ impl Filesystem for CasefoldFs {
         if self.below == Below::QuietClose {
             // Nothing to pass on: the kernel stops sending flushes for this mount.
             return reply.error(Errno::ENOSYS);
+        }
+        if fh.0 & BY_PATH != 0 {
+            // Opened nothing below: nothing to pass on for this open.
+            return reply.ok();
         }
         // A close of a duplicate: what the view below does on close (a FUSE backend's
         // flush) happens now, with its error.
@@ -549,18 +607,20 @@ impl Filesystem for CasefoldFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let file = open_file(fh);
-        let result = if datasync {
-            file.sync_data()
-        } else {
-            file.sync_all()
-        };
-        answer(reply, result.map_err(io_errno));
+        let result = self.opened(ino, fh).and_then(|(file, _keep)| {
+            if datasync {
+                file.sync_data()
+            } else {
+                file.sync_all()
+            }
+            .map_err(io_errno)
+        });
+        answer(reply, result);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -848,39 +908,44 @@ impl Filesystem for CasefoldFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        // SAFETY: an open descriptor.
-        let result = sys::check(
-            unsafe {
-                libc::fallocate(
-                    sys::raw(fh.0),
-                    mode,
-                    offset as libc::off_t,
-                    length as libc::off_t,
-                )
-            }
-            .into(),
-        );
+        let result = self.opened(ino, fh).and_then(|(file, _keep)| {
+            // SAFETY: an open descriptor.
+            sys::check(
+                unsafe {
+                    libc::fallocate(
+                        file.as_raw_fd(),
+                        mode,
+                        offset as libc::off_t,
+                        length as libc::off_t,
+                    )
+                }
+                .into(),
+            )
+        });
         answer(reply, result.map(drop));
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        // SAFETY: an open descriptor.
-        match sys::check(unsafe { libc::lseek(sys::raw(fh.0), offset, whence) }) {
+        let result = self.opened(ino, fh).and_then(|(file, _keep)| {
+            // SAFETY: an open descriptor.
+            sys::check(unsafe { libc::lseek(file.as_raw_fd(), offset, whence) })
+        });
+        match result {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(e),
         }
