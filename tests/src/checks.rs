@@ -108,6 +108,18 @@ fn wait_or_say(ready: impl Fn() -> bool, why: impl FnOnce() -> String) {
     }
 }
 
+/// What the sessions of `app` run with `FIM_DEBUG` logged once their launcher stopped
+/// writing to its error output.
+pub fn session_log(app: &App) -> String {
+    [
+        app.data_dir().join("session.log"),
+        app.runtime_dir().join("ephemeral-session.log"),
+    ]
+    .iter()
+    .filter_map(|log| std::fs::read_to_string(log).ok())
+    .collect()
+}
+
 /// Waits up to 5 s for the session of `app` (its linger included) to end; on time-out,
 /// says what the session left behind and what a debug session logged.
 pub fn wait_for_the_session_to_end(app: &App) {
@@ -128,13 +140,7 @@ pub fn wait_for_the_session_to_end(app: &App) {
                     format!("{dir}: {inside:?}")
                 })
                 .collect();
-            let log = [
-                app.data_dir().join("session.log"),
-                runtime.join("ephemeral-session.log"),
-            ]
-            .iter()
-            .filter_map(|log| std::fs::read_to_string(log).ok())
-            .collect::<String>();
+            let log = session_log(app);
             let processes = processes_with(&app.dir.path().to_string_lossy())
                 .into_iter()
                 .map(what_a_process_waits_on)

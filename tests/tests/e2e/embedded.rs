@@ -120,8 +120,10 @@ fn every_launcher_of_a_session_runs_the_bwrap_its_daemon_holds(who: Who) {
         second
             .stderr
             .contains("fim: debug: join the running session ("),
-        "{}",
-        second.stderr
+        "the second launch started a session of its own:\n{}\nthe first launch:\n{}\nits session's log:\n{}",
+        second.stderr,
+        first.stderr,
+        checks::session_log(&app)
     );
     let Some(host_bwrap) = which("bwrap") else {
         skip("held bwrap: FIM_BWRAP case: no bwrap on this host");
