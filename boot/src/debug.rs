@@ -1,5 +1,9 @@
-//! `FIM_DEBUG=1` step logging: each step with how long it took.
+//! `FIM_DEBUG=1` step logging: each step with how long it took. The launcher and the
+//! session daemon it forks share one error output until the daemon turns to its log, so
+//! each line goes out in one write: formatted in place, `eprintln!` writes its pieces one
+//! by one, and another process's line could land between them.
 
+use std::io::Write;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -27,7 +31,7 @@ impl Drop for Step {
     fn drop(&mut self) {
         if enabled() {
             let ms = self.started.elapsed().as_secs_f64() * 1000.0;
-            eprintln!("fim: debug: {} ({ms:.3} ms)", self.what);
+            say(format_args!("{} ({ms:.3} ms)", self.what));
         }
     }
 }
@@ -35,6 +39,12 @@ impl Drop for Step {
 /// Logs one line if `FIM_DEBUG` is set.
 pub fn log(line: impl AsRef<str>) {
     if enabled() {
-        eprintln!("fim: debug: {}", line.as_ref());
+        say(format_args!("{}", line.as_ref()));
     }
+}
+
+/// Writes `fim: debug: LINE` to the error output in one write.
+fn say(line: std::fmt::Arguments) {
+    let line = format!("fim: debug: {line}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
